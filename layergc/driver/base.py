@@ -127,6 +127,14 @@ class StorageDriver(ABC):
     def delete(self, path: str) -> None:
         """Delete a file or a whole folder (recursively)."""
 
+    def list_entries(self, path: str) -> list[tuple[str, bool]]:
+        """(child name, is_dir) for each direct child of folder `path` (any order).
+
+        The mark phase of the garbage collector walks huge trees with it; drivers
+        that learn the kind of a child while listing (os.scandir, S3 prefixes)
+        override it to save one stat per child."""
+        return [(basename(child), self.stat(child).is_dir) for child in self.list(path)]
+
     def walk(self, path: str) -> Iterator[FileInfo]:
         """Every file and folder below `path`, depth first, parents before children."""
         for child in sorted(self.list(path)):
