@@ -1,0 +1,630 @@
+"""Sweep: decide what is garbage after the mark, and delete it safely while the
+registry keeps serving (DESIGN.md, "Garbage collection semantics").
+
+The delete protocol, run once per sweep over every doomed object:
+
+  (1) quarantine: each doomed blob folder, with its layer links (and, with
+      --delete-untagged, each doomed manifest revision with its tag-index
+      entries) moves to `/layergc/quarantine/<run>/`, recorded in the index
+      first; then the registry is made to forget the blobs at once: their
+      Redis keys are cleared, or the after-delete hook (a registry restart)
+      runs. A failed hook restores the whole quarantine.
+  (2) settle: wait until every request that saw a blob before the move has
+      finished, clear the Redis keys again (such a request can write its
+      answer back after the first clear), wait once more. A restart ends
+      those requests itself, so with the hook the restart is the settle.
+  (3) re-check: mark again, reading manifests from the quarantine too. Any
+      quarantined object the new mark keeps (a manifest pushed or tagged
+      meanwhile needs it) goes back.
+  (4) delete what is left in the quarantine, with any layer link written to
+      it meanwhile.
+
+Why no push can slip through: from the end of (1) the registry answers "blob
+unknown" for every doomed blob, so a client that needs one uploads it again
+(and the upload lands in the blob store, not in the quarantine). A client
+that saw the blob before (1) can only make it needed by writing a revision
+link or a tag; the settle waits for such requests to finish, and (3) reads
+every revision and tag after that, so the write is seen and the blob goes
+back before (4) deletes anything. The window left is a request that takes
+longer than the settle time between its blob check and its manifest write:
+the settle is configurable (`settle`) for registries with slow clients.
+
+A crash at any step leaves the quarantine on storage; the next run puts it
+back before its own mark (quarantine.restore_leftovers), so nothing is ever
+half-deleted and the next sweep redoes the work from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from layergc.digest import Digest
+from layergc.driver.base import StorageDriver
+from layergc.errors import PathNotFound, StorageDriverError
+from layergc.gc import scan
+from layergc.gc.quarantine import Quarantine, QuarantineOverlay, restore_leftovers
+from layergc.gc.uploads import UploadInfo, purge_upload, stale_uploads
+from layergc.storage import paths
+
+log = logging.getLogger(__name__)
+
+SWEEP = "sweep"
+PURGE_UPLOADS = "purge-uploads"
+
+DELETED = "deleted"
+WOULD_DELETE = "would-delete"
+DEFERRED = "deferred"
+FAILED = "failed"
+KEPT = "kept"  # quarantined, then restored by the re-check
+
+
+class Interrupted(Exception):
+    """The stop event was set: the run ends early, with nothing half-done."""
+
+
+class BlobCache(Protocol):
+    def forget(self, digests: Iterable[str]) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SweepOptions:
+    dry_run: bool = False
+    delete_untagged: bool = False
+    grace: timedelta = timedelta(hours=24)
+    upload_timeout: timedelta = timedelta(hours=168)
+    settle: timedelta = timedelta(seconds=5)
+    after_delete_command: str | None = None
+    after_delete_timeout: timedelta = timedelta(seconds=120)
+    # "inmemory" when the registry keeps its blob cache in its own memory.
+    registry_cache: str | None = None
+    workers: int = 8
+
+
+@dataclass(slots=True)
+class Doomed:
+    """One object in the delete protocol: the folders that move together."""
+
+    kind: str  # "blob" or "manifest"
+    digest: Digest
+    repository: str | None
+    size: int
+    units: list[str] = field(default_factory=list)
+    held: bool = False
+
+    @property
+    def key(self) -> str:
+        return str(self.digest) if self.repository is None else f"{self.repository}@{self.digest}"
+
+
+@dataclass(slots=True)
+class Report:
+    run_id: int
+    dry_run: bool
+    started_at: datetime
+    mode: str = SWEEP
+    finished_at: datetime | None = None
+    status: str = "running"
+    repositories: int = 0
+    manifests_marked: int = 0
+    blobs_marked: int = 0
+    blobs: list[dict[str, Any]] = field(default_factory=list)
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+    bytes_reclaimed: int = 0
+    bytes_reclaimable: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    top_repositories: list[dict[str, Any]] = field(default_factory=list)
+    blob_deletion_blocked: bool = False
+
+    def error(self, kind: str, message: str, path: str | None = None, **extra: Any) -> None:
+        entry: dict[str, Any] = {"kind": kind, "message": message}
+        if path is not None:
+            entry["path"] = path
+        entry.update(extra)
+        self.errors.append(entry)
+        log.error(message, extra={"kind": kind, "path": path})
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "status": self.status,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at) if self.finished_at else None,
+            "repositories": self.repositories,
+            "manifests_marked": self.manifests_marked,
+            "blobs_marked": self.blobs_marked,
+            "blobs": self.blobs,
+            "manifests": self.manifests,
+            "uploads": self.uploads,
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "bytes_reclaimable": self.bytes_reclaimable,
+            "blob_deletion_blocked": self.blob_deletion_blocked,
+            "top_repositories": self.top_repositories,
+            "warnings": self.warnings,
+            "errors": self.errors,
+        }
+
+    def counts(self) -> dict[str, int]:
+        def count(items: list[dict[str, Any]], action: str | None = None) -> int:
+            return sum(1 for i in items if action is None or i["action"] == action)
+
+        return {
+            "repositories": self.repositories,
+            "manifests_marked": self.manifests_marked,
+            "blobs_marked": self.blobs_marked,
+            "blobs_found": count(self.blobs),
+            "blobs_deleted": count(self.blobs, DELETED),
+            "manifests_found": count(self.manifests),
+            "manifests_deleted": count(self.manifests, DELETED),
+            "uploads_found": count(self.uploads),
+            "uploads_deleted": count(self.uploads, DELETED),
+            "bytes_reclaimed": self.bytes_reclaimed,
+        }
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Sweeper:
+    """One sweep (or stale-upload purge) over one storage driver and index."""
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        index: Any,
+        options: SweepOptions,
+        *,
+        blob_cache: BlobCache | None = None,
+        stop: threading.Event | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
+        hook_observer: Callable[[int | None], None] | None = None,
+    ) -> None:
+        self.driver = driver
+        self.index = index
+        self.options = options
+        self.blob_cache = blob_cache
+        self.stop = stop or threading.Event()
+        self.progress = progress
+        self.hook_observer = hook_observer
+
+    # --- the run -------------------------------------------------------------
+
+    def run(self, mode: str = SWEEP) -> Report:
+        opts = self.options
+        run_id = self.index.start_run(
+            mode=mode,
+            dry_run=opts.dry_run,
+            delete_untagged=opts.delete_untagged,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        report = Report(run_id=run_id, dry_run=opts.dry_run, started_at=_now(), mode=mode)
+        try:
+            self._run(report, mode)
+            report.status = "failed" if report.errors else "succeeded"
+        except Interrupted:
+            report.status = "interrupted"
+            report.warnings.append("stopped before the end; the next run picks up the rest")
+        except Exception as exc:  # a run must always be recorded, whatever broke
+            log.exception("sweep failed")
+            report.error("run-failed", f"{type(exc).__name__}: {exc}")
+            report.status = "failed"
+        finally:
+            report.finished_at = _now()
+            self.index.finish_run(
+                run_id,
+                status=report.status,
+                counts=report.counts(),
+                errors=report.errors,
+                report=report.as_json(),
+            )
+        return report
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted
+
+    def _run(self, report: Report, mode: str) -> None:
+        opts = self.options
+        if not opts.dry_run:
+            restored = restore_leftovers(self.driver)
+            if restored:
+                report.warnings.append(
+                    f"restored {len(restored)} files left in quarantine by an interrupted run"
+                )
+        self._check_stop()
+        mark = scan.mark(
+            self.driver,
+            delete_untagged=opts.delete_untagged and mode == SWEEP,
+            reference_cache=self._reference_cache(),
+            progress=self.progress,
+        )
+        report.repositories = len(mark.repositories)
+        report.manifests_marked = sum(1 for m in mark.manifests if m.kept)
+        report.blobs_marked = len(mark.marked)
+        for err in mark.errors:
+            report.error(err.kind, err.message, err.path, repository=err.repository)
+        self._check_stop()
+
+        now = _now()
+        self._sweep_uploads(report, mark.uploads, now)
+        if mode != SWEEP:
+            return
+        self._check_stop()
+        doomed_manifests, kept_by_deferred = self._decide_manifests(report, mark, now)
+        doomed_blobs = self._decide_blobs(report, mark, kept_by_deferred, now)
+        if opts.dry_run or not (doomed_blobs or doomed_manifests):
+            return
+        self._delete(report, mark, doomed_blobs + doomed_manifests)
+
+    # --- uploads -------------------------------------------------------------
+
+    def _sweep_uploads(self, report: Report, uploads: list[tuple[str, str]], now: datetime) -> None:
+        stale, _fresh, errors = stale_uploads(
+            self.driver, uploads, self.options.upload_timeout, now
+        )
+        for repository, uuid, message in errors:
+            report.error("upload-unreadable", message, paths.upload_dir(repository, uuid))
+        self.index.observe_unreferenced(
+            report.run_id,
+            "upload",
+            [(f"{u.repository}/{u.uuid}", u.repository, u.size) for u in stale],
+            now,
+        )
+        deleted: list[UploadInfo] = []
+        for info in stale:
+            if info.warning:
+                report.warnings.append(f"upload {info.repository}/{info.uuid}: {info.warning}")
+            action = WOULD_DELETE
+            if not self.options.dry_run:
+                self._check_stop()
+                try:
+                    purge_upload(self.driver, info)
+                    action = DELETED
+                    deleted.append(info)
+                except StorageDriverError as exc:
+                    action = FAILED
+                    report.error(
+                        "upload-delete-failed",
+                        str(exc),
+                        paths.upload_dir(info.repository, info.uuid),
+                    )
+            report.uploads.append(
+                {
+                    "repository": info.repository,
+                    "uuid": info.uuid,
+                    "started_at": _iso(info.started_at),
+                    "size": info.size,
+                    "action": action,
+                }
+            )
+        if deleted:
+            report.bytes_reclaimed += sum(u.size for u in deleted)
+            keys = [f"{u.repository}/{u.uuid}" for u in deleted]
+            self.index.set_state("upload", keys, "deleted")
+            self.index.record_deletions(
+                report.run_id,
+                [("upload", k, u.repository, u.size) for k, u in zip(keys, deleted, strict=True)],
+            )
+
+    # --- deciding ----------------------------------------------------------------
+
+    def _old_enough(self, mod_time: datetime, now: datetime) -> bool:
+        return now - mod_time >= self.options.grace
+
+    def _decide_manifests(
+        self, report: Report, mark: scan.MarkResult, now: datetime
+    ) -> tuple[list[Doomed], set[Digest]]:
+        """Untagged manifests to delete, and the blobs the deferred ones still need."""
+        candidates = mark.untagged_to_delete
+        if not candidates:
+            return [], set()
+        first_seen = self.index.observe_unreferenced(
+            report.run_id,
+            "manifest",
+            [(f"{repo}@{digest}", repo, None) for repo, digest in candidates],
+            now,
+        )
+        doomed: list[Doomed] = []
+        deferred: list[Digest] = []
+        for repo, digest in candidates:
+            key = f"{repo}@{digest}"
+            eligible = self._old_enough(first_seen.get(key, now), now)
+            if eligible:
+                try:
+                    link = self.driver.stat(paths.manifest_revision_link(repo, digest))
+                    eligible = self._old_enough(link.mod_time, now)
+                except PathNotFound:
+                    eligible = False  # deleted meanwhile: nothing to do
+            if mark.blob_deletion_blocked:
+                eligible = False
+            action = WOULD_DELETE if eligible else DEFERRED
+            report.manifests.append({"repository": repo, "digest": str(digest), "action": action})
+            if eligible:
+                doomed.append(Doomed("manifest", digest, repo, 0))
+            else:
+                deferred.append(digest)
+        kept = mark.closure(deferred) if deferred else set()
+        return doomed, kept
+
+    def _decide_blobs(
+        self, report: Report, mark: scan.MarkResult, kept: set[Digest], now: datetime
+    ) -> list[Doomed]:
+        unreferenced = [d for d in mark.unreferenced if d not in kept]
+        infos = self._stat_blobs(unreferenced, mark.layer_links)
+        first_seen = self.index.observe_unreferenced(
+            report.run_id,
+            "blob",
+            [(str(d), None, size) for d, (size, _ok) in infos.items()],
+            now,
+        )
+        self.index.forget_absent("blob", report.run_id)
+        doomed: list[Doomed] = []
+        by_repository: dict[str, int] = defaultdict(int)
+        if mark.blob_deletion_blocked:
+            report.blob_deletion_blocked = True
+            report.warnings.append(
+                "blob deletion is blocked for this run: a manifest could not be parsed"
+            )
+        for digest in unreferenced:
+            if digest not in infos:
+                continue  # vanished while we looked
+            size, old_enough = infos[digest]
+            eligible = (
+                old_enough
+                and self._old_enough(first_seen.get(str(digest), now), now)
+                and not mark.blob_deletion_blocked
+            )
+            action = WOULD_DELETE if eligible else DEFERRED
+            report.blobs.append({"digest": str(digest), "size": size, "action": action})
+            report.bytes_reclaimable += size
+            for repo in mark.layer_links.get(digest, ()):
+                by_repository[repo] += size
+            if eligible:
+                doomed.append(Doomed("blob", digest, None, size))
+        top = sorted(by_repository.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        report.top_repositories = [{"repository": r, "bytes": b} for r, b in top]
+        return doomed
+
+    def _stat_blobs(
+        self, digests: list[Digest], layer_links: dict[Digest, list[str]]
+    ) -> dict[Digest, tuple[int, bool]]:
+        """Size of each blob, and whether its data and every layer link to it are
+        older than the grace window. Only garbage candidates are ever stat'ed."""
+        now = _now()
+
+        def one(digest: Digest) -> tuple[Digest, tuple[int, bool] | None]:
+            try:
+                info = self.driver.stat(paths.blob_data(digest))
+            except PathNotFound:
+                return digest, None
+            old = self._old_enough(info.mod_time, now)
+            for repo in layer_links.get(digest, ()):
+                if not old:
+                    break
+                try:
+                    link = self.driver.stat(paths.layer_link(repo, digest))
+                    old = self._old_enough(link.mod_time, now)
+                except PathNotFound:
+                    continue
+            return digest, (info.size, old)
+
+        results: dict[Digest, tuple[int, bool]] = {}
+        with ThreadPoolExecutor(max_workers=self.options.workers) as pool:
+            for digest, value in pool.map(one, digests):
+                if value is not None:
+                    results[digest] = value
+        return results
+
+    # --- the delete protocol ----------------------------------------------------
+
+    def _units(self, doomed: Doomed, mark: scan.MarkResult) -> list[str]:
+        if doomed.kind == "blob":
+            return [paths.blob_dir(doomed.digest)] + [
+                paths.layer_link_dir(repo, doomed.digest)
+                for repo in mark.layer_links.get(doomed.digest, ())
+            ]
+        assert doomed.repository is not None
+        repo, digest = doomed.repository, doomed.digest
+        units = [paths.manifest_revision_dir(repo, digest)]
+        try:
+            tags = [t.rsplit("/", 1)[-1] for t in self.driver.list(paths.tags_dir(repo))]
+        except PathNotFound:
+            tags = []
+        for tag in tags:
+            entry = f"{paths.tag_index_dir(repo, tag)}/{digest.algorithm}/{digest.hex}"
+            if self.driver.exists(entry):
+                units.append(entry)
+        return units
+
+    def _delete(self, report: Report, mark: scan.MarkResult, doomed: list[Doomed]) -> None:
+        quarantine = Quarantine(self.driver, report.run_id)
+        for item in doomed:
+            item.units = self._units(item, mark)
+        for kind in ("blob", "manifest"):
+            keys = [d.key for d in doomed if d.kind == kind]
+            if keys:
+                self.index.set_state(kind, keys, "quarantined", quarantine_path=quarantine.root)
+        try:
+            # (1) quarantine
+            for item in doomed:
+                self._check_stop()
+                item.held = quarantine.hold(item.units[0])
+                for unit in item.units[1:]:
+                    quarantine.hold(unit)
+            blob_digests = [str(d.digest) for d in doomed if d.kind == "blob"]
+            hook_ran = self._forget(blob_digests, report)
+            # (2) settle
+            if not hook_ran:
+                self._settle(blob_digests)
+            # (3) re-check
+            self._check_stop()
+            remark = scan.mark(
+                QuarantineOverlay(self.driver, quarantine),
+                delete_untagged=self.options.delete_untagged,
+                reference_cache=self._reference_cache(),
+            )
+            if remark.blob_deletion_blocked:
+                raise _Abort("a manifest written during the sweep cannot be parsed")
+            needed = remark.marked
+            kept_manifests = {(m.repository, m.digest) for m in remark.manifests if m.kept}
+        except Exception as exc:  # restore on anything, then decide how to report
+            self._restore_all(quarantine, doomed, report)
+            if isinstance(exc, _Abort | HookFailed):
+                report.error("delete-aborted", f"{exc}; everything was restored")
+                return
+            raise
+        # (4) delete the rest
+        self._finish(report, quarantine, doomed, needed, kept_manifests, remark)
+
+    def _forget(self, digests: list[str], report: Report) -> bool:
+        """Make the registry forget the quarantined blobs; True when the hook ran."""
+        if self.blob_cache is not None and digests:
+            self.blob_cache.forget(digests)
+        command = self.options.after_delete_command
+        if command:
+            self._run_hook(command)
+            return True
+        if self.options.registry_cache == "inmemory" and digests:
+            report.warnings.append(
+                "the registry keeps its blob descriptor cache in memory: restart it (or set "
+                "--after-delete-command) before it reports the deleted blobs as absent"
+            )
+        return False
+
+    def _run_hook(self, command: str) -> None:
+        timeout = self.options.after_delete_timeout.total_seconds()
+        log.info("running after-delete command", extra={"command": command})
+        try:
+            done = subprocess.run(
+                shlex.split(command), timeout=timeout, capture_output=True, check=False
+            )
+        except subprocess.TimeoutExpired:
+            self._observe_hook(None)
+            raise HookFailed(f"after-delete command timed out after {timeout:g}s") from None
+        except OSError as exc:
+            self._observe_hook(None)
+            raise HookFailed(f"after-delete command could not start: {exc}") from None
+        self._observe_hook(done.returncode)
+        log.info("after-delete command finished", extra={"exit_status": done.returncode})
+        if done.returncode != 0:
+            stderr = done.stderr.decode("utf-8", "replace").strip()[-500:]
+            raise HookFailed(f"after-delete command exited {done.returncode}: {stderr}")
+
+    def _observe_hook(self, status: int | None) -> None:
+        if self.hook_observer is not None:
+            self.hook_observer(status)
+
+    def _settle(self, digests: list[str]) -> None:
+        wait = self.options.settle.total_seconds()
+        if wait <= 0:
+            return
+        self.stop.wait(wait)
+        if self.blob_cache is not None and digests:
+            self.blob_cache.forget(digests)
+            self.stop.wait(wait)
+
+    def _restore_all(self, quarantine: Quarantine, doomed: list[Doomed], report: Report) -> None:
+        for item in doomed:
+            for unit in item.units:
+                quarantine.restore(unit)
+        quarantine.close()
+        for kind in ("blob", "manifest"):
+            keys = [d.key for d in doomed if d.kind == kind]
+            if keys:
+                self.index.set_state(kind, keys, "restored")
+        for entry in report.blobs + report.manifests:
+            if entry["action"] == WOULD_DELETE:
+                entry["action"] = FAILED if report.status != "interrupted" else DEFERRED
+
+    def _finish(
+        self,
+        report: Report,
+        quarantine: Quarantine,
+        doomed: list[Doomed],
+        needed: set[Digest],
+        kept_manifests: set[tuple[str, Digest]],
+        remark: scan.MarkResult,
+    ) -> None:
+        actions: dict[tuple[str, str], str] = {}
+        deleted: list[Doomed] = []
+        for item in doomed:
+            restore = (
+                item.digest in needed
+                if item.kind == "blob"
+                else (item.repository, item.digest) in kept_manifests or item.digest in needed
+            )
+            if restore or self.stop.is_set():
+                for unit in item.units:
+                    quarantine.restore(unit)
+                actions[(item.kind, item.key)] = KEPT if restore else DEFERRED
+                continue
+            try:
+                for unit in item.units:
+                    quarantine.purge(unit)
+                if item.kind == "blob":
+                    for repo in remark.layer_links.get(item.digest, ()):  # links made meanwhile
+                        try:
+                            self.driver.delete(paths.layer_link_dir(repo, item.digest))
+                        except PathNotFound:
+                            pass
+                actions[(item.kind, item.key)] = DELETED
+                deleted.append(item)
+            except StorageDriverError as exc:
+                actions[(item.kind, item.key)] = FAILED
+                report.error("delete-failed", str(exc), item.units[0])
+        quarantine.close()
+        blob_digests = [str(d.digest) for d in deleted if d.kind == "blob"]
+        if self.blob_cache is not None and blob_digests:
+            self.blob_cache.forget(blob_digests)
+        for entry in report.blobs:
+            entry["action"] = actions.get(("blob", entry["digest"]), entry["action"])
+        for entry in report.manifests:
+            key = f"{entry['repository']}@{entry['digest']}"
+            entry["action"] = actions.get(("manifest", key), entry["action"])
+        report.bytes_reclaimed += sum(d.size for d in deleted)
+        for kind in ("blob", "manifest"):
+            by_state: dict[str, list[str]] = defaultdict(list)
+            for item in doomed:
+                if item.kind == kind:
+                    action = actions[(kind, item.key)]
+                    state = {DELETED: "deleted", KEPT: "referenced"}.get(action, "pending")
+                    by_state[state].append(item.key)
+            for state, keys in by_state.items():
+                self.index.set_state(kind, keys, state)
+        self.index.record_deletions(
+            report.run_id, [(d.kind, d.key, d.repository, d.size) for d in deleted]
+        )
+        if self.stop.is_set():
+            raise Interrupted
+
+    def _reference_cache(self) -> Any:
+        factory = getattr(self.index, "reference_cache", None)
+        return factory() if factory is not None else None
+
+
+class HookFailed(Exception):
+    """The after-delete command failed: the quarantine must be restored."""
+
+
+class _Abort(Exception):
+    """The re-check found something it cannot judge: restore and delete nothing."""
