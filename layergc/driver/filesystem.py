@@ -1,0 +1,607 @@
+"""A StorageDriver over a local folder, laid out as the Go registry's filesystem driver.
+
+Safety: the driver never reads, writes, lists or deletes outside its root, and it
+never follows a symbolic link below the root (the root itself may be one: it is
+resolved once, when the driver is made). Every path is opened relative to a
+descriptor of the root without following links:
+
+- with Linux's openat2(2) and RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS where the
+  kernel has it (5.6+): the kernel refuses any symlink and any escape, in one
+  system call (about 6 us for a small get_content, less than a plain `open`);
+- elsewhere one component at a time with O_NOFOLLOW through `dir_fd` (portable,
+  about six times slower on deep registry paths).
+
+So the safety does not rest on a check made before the access (no realpath, no
+window between a check and a use). The policy, the same for every method:
+
+- a path that crosses or ends at a symlink raises InvalidPath ("crosses a
+  symbolic link"), whatever the link points to, inside the root or out;
+- list, list_entries and walk still show a symlink (so that nothing below the
+  root goes unseen by the garbage collector, which must fail closed), as a
+  folder that is never entered: reading anything below it raises InvalidPath;
+- deleting a folder that holds symlinks removes the links, never their targets.
+
+Entries whose names are not valid driver path components (such as this
+driver's own temporary files) are not listed: no driver path can name them.
+
+Atomicity: put_content writes a temporary file in the same folder and renames it
+over the target, so a reader sees the old or the new content, never a part.
+Writers append to the real file (what they wrote survives close() and is
+continued by a later writer(path, append=True), in any process); commit()
+flushes and fsyncs, as Go's driver does.
+
+Folders stay when their last file goes (as with Go's driver; the registry
+relies on it, e.g. the empty revision folder of a deleted manifest).
+
+Choices shared with the in-memory driver: reading a folder or listing a file
+raises PathNotFound; writing a file where a folder is, or below a file, raises
+InvalidPath.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import re
+import secrets
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from layergc.driver.base import FileInfo, FileWriter, StorageDriver, basename, validate_path
+from layergc.errors import InvalidOffset, InvalidPath, PathNotFound, StorageDriverError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO someone left in the tree must not hang; it is
+# ignored for regular files.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_FILE_MODE = 0o666  # less the umask, as Go's driver
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_TEMP_SUFFIX = "~tmp"  # `~` is not valid in a driver path: never listed, never clashes
+
+_SYMLINK_REASON = "path crosses a symbolic link"
+
+# An opener resolves `rel` (a relative, validated, non-empty path) below the
+# folder open as `dir_fd` and returns a new descriptor, never following a link.
+Opener = Callable[[int, str, int], int]
+
+
+# --- openers -----------------------------------------------------------------
+
+
+def _open_portable(dir_fd: int, rel: str, flags: int) -> int:
+    """One component at a time, each opened with O_NOFOLLOW relative to its parent."""
+    *folders, last = rel.split("/")
+    fd = dir_fd
+    try:
+        for name in folders:
+            try:
+                next_fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except NotADirectoryError:
+                # O_DIRECTORY | O_NOFOLLOW says ENOTDIR for a symlink too: tell them apart.
+                _raise_if_symlink(name, fd)
+                raise
+            if fd != dir_fd:
+                os.close(fd)
+            fd = next_fd
+        try:
+            return os.open(last, flags | os.O_NOFOLLOW, dir_fd=fd)
+        except NotADirectoryError:
+            _raise_if_symlink(last, fd)
+            raise
+    finally:
+        if fd != dir_fd:
+            os.close(fd)
+
+
+def _raise_if_symlink(name: str, dir_fd: int) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+# openat2 came after the syscall tables were unified: 437 on these architectures.
+_OPENAT2_ARCHES = {"x86_64", "aarch64", "arm64", "i386", "i686", "riscv64", "ppc64le", "s390x"}
+_SYS_OPENAT2 = 437
+
+
+def _make_openat2() -> Opener | None:
+    """An opener on openat2(2), or None when this system lacks it."""
+    if sys.platform != "linux" or platform.machine() not in _OPENAT2_ARCHES:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]
+    syscall.argtypes += [ctypes.c_size_t]
+    resolve = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+    hows: dict[int, _OpenHow] = {}
+    size = ctypes.sizeof(_OpenHow)
+
+    def openat2(dir_fd: int, rel: str, flags: int) -> int:
+        how = hows.get(flags)
+        if how is None:
+            how = hows[flags] = _OpenHow(flags, 0, resolve)
+        fd = syscall(_SYS_OPENAT2, dir_fd, os.fsencode(rel), ctypes.byref(how), size)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), rel)
+        return int(fd)
+
+    # Probe: seccomp filters or old kernels say ENOSYS or EPERM.
+    try:
+        os.close(openat2(-100, ".", _DIR_FLAGS))  # -100 is AT_FDCWD
+    except OSError:
+        return None
+    return openat2
+
+
+_OPENAT2 = _make_openat2()
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _translate(error: OSError, path: str) -> StorageDriverError:
+    """The driver error for an OSError met while resolving or reading `path`."""
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return PathNotFound(path)
+    if error.errno in (errno.ELOOP, errno.EXDEV):
+        return InvalidPath(path, _SYMLINK_REASON)
+    return StorageDriverError(f"{path!r}: {error}")
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)
+
+
+def _temp_name(name: str, kind: str = "") -> str:
+    return f".{name[:100]}.{secrets.token_hex(8)}{kind}{_TEMP_SUFFIX}"
+
+
+def _split(path: str) -> tuple[str, str]:
+    """('a/b', 'c') for '/a/b/c'; ('', 'c') for '/c'."""
+    head, _, name = path.rpartition("/")
+    return head[1:], name
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _remove_tree(dir_fd: int, name: str) -> None:
+    """Remove folder `name` below `dir_fd` without following any link in it."""
+    try:
+        fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except (NotADirectoryError, OSError) as error:
+        if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        # Replaced by a file or a link meanwhile: remove that, not what it points to.
+        _unlink_quietly(dir_fd, name)
+        return
+    try:
+        with os.scandir(fd) as entries:
+            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for child, is_dir in children:
+            if is_dir:
+                _remove_tree(fd, child)
+            else:
+                _unlink_quietly(fd, child)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass  # someone else (another collector) removed it first
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        _remove_tree(dir_fd, name)
+
+
+# --- the driver --------------------------------------------------------------
+
+
+class FilesystemDriver(StorageDriver):
+    """Storage in the folder `root` (created if missing).
+
+    `openat2`: None uses openat2(2) when the kernel has it, False never does
+    (the portable resolution, which tests exercise too), True requires it.
+    """
+
+    name = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str], *, openat2: bool | None = None) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.root = os.path.realpath(root)
+        if not os.path.isdir(self.root):
+            raise StorageDriverError(f"storage root is not a folder: {self.root!r}")
+        if openat2 and _OPENAT2 is None:
+            raise StorageDriverError("openat2(2) is not available on this system")
+        self._open: Opener = _OPENAT2 if (openat2 is not False and _OPENAT2) else _open_portable
+
+    def __repr__(self) -> str:
+        return f"FilesystemDriver({self.root!r})"
+
+    # --- resolution ------------------------------------------------------------
+
+    def _open_root(self) -> int:
+        # Opened per call, not held: a root replaced or remounted while a daemon
+        # runs must not leave us writing into the old folder.
+        return os.open(self.root, _DIR_FLAGS)
+
+    def _open_below(self, rel: str, path: str, flags: int) -> int:
+        root = self._open_root()
+        try:
+            return self._open(root, rel, flags)
+        except OSError as error:
+            raise _translate(error, path) from None
+        finally:
+            os.close(root)
+
+    def _open_dir(self, rel: str, path: str) -> int:
+        """A descriptor of the existing folder `rel` ('' is the root)."""
+        return self._open_below(rel, path, _DIR_FLAGS) if rel else self._open_root()
+
+    def _make_dirs(self, rel: str, path: str) -> int:
+        """A descriptor of folder `rel`, created (with its parents) if missing."""
+        if not rel:
+            return self._open_root()
+        root = self._open_root()
+        try:
+            fd = self._open(root, rel, _DIR_FLAGS)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            os.close(root)
+            raise self._creation_error(error, path) from None
+        else:
+            os.close(root)
+            return fd
+        # Slow path, only when something is missing: one component at a time.
+        fd = root
+        try:
+            for name in rel.split("/"):
+                try:
+                    os.mkdir(name, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                next_fd = _open_portable(fd, name, _DIR_FLAGS)
+                os.close(fd)
+                fd = next_fd
+        except OSError as error:
+            os.close(fd)
+            raise self._creation_error(error, path) from None
+        return fd
+
+    @staticmethod
+    def _creation_error(error: OSError, path: str) -> StorageDriverError:
+        if error.errno == errno.ENOTDIR:
+            return InvalidPath(path, "a parent of the path is a file")
+        return _translate(error, path)
+
+    def _open_file(self, path: str) -> tuple[int, os.stat_result]:
+        """A read descriptor of regular file `path` and its stat."""
+        fd = self._open_below(path[1:], path, _READ_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise PathNotFound(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidPath(path, "not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    # --- the contract ----------------------------------------------------------
+
+    def get_content(self, path: str) -> bytes:
+        validate_path(path)
+        fd, st = self._open_file(path)
+        try:
+            chunks = []
+            # One byte more than the size, so that a small file takes one read
+            # and one read at EOF; a file that grew meanwhile is still read whole.
+            want = st.st_size + 1
+            while chunk := os.read(fd, want if want > 0 else 1 << 16):
+                chunks.append(chunk)
+                want -= len(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def put_content(self, path: str, content: bytes) -> None:
+        validate_path(path)
+        rel, name = _split(path)
+        dir_fd = self._make_dirs(rel, path)
+        try:
+            temp = _temp_name(name)
+            fd = os.open(
+                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                _FILE_MODE, dir_fd=dir_fd,
+            )  # fmt: skip
+            try:
+                try:
+                    _write_all(fd, content)
+                finally:
+                    os.close(fd)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException as error:
+                _unlink_quietly(dir_fd, temp)
+                if isinstance(error, IsADirectoryError):
+                    raise InvalidPath(path, "path is a folder") from None
+                raise
+        finally:
+            os.close(dir_fd)
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        validate_path(path)
+        if offset < 0:
+            raise InvalidOffset(path, offset)
+        fd, st = self._open_file(path)
+        if offset > st.st_size:
+            os.close(fd)
+            raise InvalidOffset(path, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.fdopen(fd, "rb")
+
+    def writer(self, path: str, append: bool = False) -> FileWriter:
+        validate_path(path)
+        rel, name = _split(path)
+        dir_fd = self._make_dirs(rel, path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(name, flags | (0 if append else os.O_TRUNC), _FILE_MODE, dir_fd=dir_fd)
+            except IsADirectoryError:
+                raise InvalidPath(path, "path is a folder") from None
+            except OSError as error:
+                raise _translate(error, path) from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise InvalidPath(path, "not a regular file")
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        return _FilesystemWriter(path, dir_fd, fd, st.st_size)
+
+    def stat(self, path: str) -> FileInfo:
+        validate_path(path, allow_root=True)
+        if path == "/":
+            fd = self._open_root()
+            try:
+                return FileInfo(path, 0, _mtime(os.fstat(fd)), True)
+            finally:
+                os.close(fd)
+        st = self._lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return FileInfo(path, 0, _mtime(st), True)
+        if stat.S_ISREG(st.st_mode):
+            return FileInfo(path, st.st_size, _mtime(st), False)
+        raise InvalidPath(path, "not a regular file or folder")
+
+    def _lstat(self, path: str, dir_fd: int | None = None) -> os.stat_result:
+        """The stat of `path` itself; InvalidPath for a symlink."""
+        rel, name = _split(path)
+        fd = self._open_dir(rel, path) if dir_fd is None else dir_fd
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as error:
+            raise _translate(error, path) from None
+        finally:
+            if dir_fd is None:
+                os.close(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise InvalidPath(path, _SYMLINK_REASON)
+        return st
+
+    def list(self, path: str) -> list[str]:
+        prefix = "" if path == "/" else path
+        return [f"{prefix}/{name}" for name, _ in self.list_entries(path)]
+
+    def list_entries(self, path: str) -> list[tuple[str, bool]]:
+        validate_path(path, allow_root=True)
+        fd = self._open_dir(path[1:], path)
+        try:
+            with os.scandir(fd) as entries:
+                # A symlink counts as a folder: the conservative answer (see the module doc).
+                return [
+                    (e.name, e.is_symlink() or e.is_dir(follow_symlinks=False))
+                    for e in entries
+                    if _COMPONENT_RE.match(e.name)
+                ]
+        finally:
+            os.close(fd)
+
+    def walk(self, path: str) -> Iterator[FileInfo]:
+        validate_path(path, allow_root=True)
+        # Opened now, so that a missing path raises here rather than at the first next().
+        fd = self._open_dir(path[1:], path)
+        return self._walk(fd, "" if path == "/" else path)
+
+    def _walk(self, fd: int, prefix: str) -> Iterator[FileInfo]:
+        try:
+            with os.scandir(fd) as it:
+                entries = sorted((e for e in it if _COMPONENT_RE.match(e.name)), key=_name)
+            for entry in entries:
+                child = f"{prefix}/{entry.name}"
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while we walk
+                if stat.S_ISLNK(st.st_mode):
+                    yield FileInfo(child, 0, _mtime(st), True)  # shown, never entered
+                elif stat.S_ISDIR(st.st_mode):
+                    yield FileInfo(child, 0, _mtime(st), True)
+                    try:
+                        sub = os.open(entry.name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                    except OSError:
+                        continue  # removed, or replaced by a link, while we walk
+                    yield from self._walk(sub, child)
+                else:
+                    yield FileInfo(child, st.st_size, _mtime(st), False)
+        finally:
+            os.close(fd)
+
+    def move(self, source: str, dest: str) -> None:
+        validate_path(source)
+        validate_path(dest)
+        if dest.startswith(source + "/"):
+            raise InvalidPath(dest, f"cannot move {source!r} into itself")
+        src_rel, src_name = _split(source)
+        src_dir = self._open_dir(src_rel, source)
+        try:
+            self._lstat(source, src_dir)
+            if source == dest:
+                return
+            dst_rel, dst_name = _split(dest)
+            dst_dir = self._make_dirs(dst_rel, dest)
+            try:
+                self._replace(src_dir, src_name, dst_dir, dst_name, source, dest)
+            finally:
+                os.close(dst_dir)
+        finally:
+            os.close(src_dir)
+
+    def _replace(
+        self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, source: str, dest: str
+    ) -> None:
+        try:
+            self._lstat(dest, dst_dir)  # refuses a symlink at dest, like every method
+        except PathNotFound:
+            pass
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+            return
+        except FileNotFoundError:
+            raise PathNotFound(source) from None
+        except OSError as error:
+            if error.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise StorageDriverError(f"move {source!r} to {dest!r}: {error}") from None
+        # rename(2) cannot replace a folder with a file, a file with a folder or a
+        # non-empty folder: set the old dest aside, move, then remove the old one.
+        aside = _temp_name(dst_name, ".old")
+        os.rename(dst_name, aside, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+        except BaseException:
+            os.rename(aside, dst_name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
+            raise
+        _unlink_quietly(dst_dir, aside)
+
+    def delete(self, path: str) -> None:
+        validate_path(path)
+        rel, name = _split(path)
+        dir_fd = self._open_dir(rel, path)
+        try:
+            st = self._lstat(path, dir_fd)
+            if stat.S_ISDIR(st.st_mode):
+                _remove_tree(dir_fd, name)
+            else:
+                try:
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    raise PathNotFound(path) from None
+        finally:
+            os.close(dir_fd)
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+class _FilesystemWriter(FileWriter):
+    """Appends to the real file through a buffer; close keeps it, cancel removes it."""
+
+    def __init__(self, path: str, dir_fd: int, fd: int, size: int) -> None:
+        self._path = path
+        # The folder stays open so that cancel removes this very file even if
+        # the folder was renamed meanwhile.
+        self._dir_fd = dir_fd
+        self._file = os.fdopen(fd, "wb", buffering=1 << 16)
+        self._size = size
+        self._closed = self._committed = self._cancelled = False
+
+    def _check_open(self) -> None:
+        for flag, state in (
+            (self._closed, "closed"),
+            (self._committed, "committed"),
+            (self._cancelled, "cancelled"),
+        ):
+            if flag:
+                raise StorageDriverError(f"writer for {self._path!r} already {state}")
+
+    def write(self, data: bytes) -> int:
+        self._check_open()
+        written = self._file.write(data)
+        self._size += written
+        return written
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        # Idempotent, unlike Go's, so that `with` after commit or cancel works.
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._file.closed:
+                self._file.close()
+        finally:
+            os.close(self._dir_fd)
+
+    def cancel(self) -> None:
+        self._check_open()
+        self._cancelled = True
+        mine = os.fstat(self._file.fileno())
+        self._file.close()
+        name = basename(self._path)
+        try:
+            st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            # Only remove the file if it is still the one this writer wrote.
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(name, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            self.close()
+
+    def commit(self) -> None:
+        self._check_open()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._committed = True
