@@ -1,0 +1,316 @@
+"""What a manifest references: the one question the garbage collector asks of it.
+
+`references(content)` reads a stored manifest and answers which blobs it needs
+(config and layers, schema1 fsLayers), which manifests it points at (the
+children of an index or manifest list) and which manifest it is a referrer of
+(its OCI `subject`). It never fetches anything.
+
+Fail closed: the collector deletes what no manifest references, so a wrong
+answer here loses images. Hence:
+- a manifest of a media type we do not know counts every descriptor-looking
+  object and every digest string found anywhere in its JSON as a reference;
+- a manifest of a known type whose references cannot be read (wrong shape,
+  a descriptor with a malformed digest), or that is not a JSON object at all,
+  or that is larger than the registry ever accepts, raises InvalidManifest:
+  the caller then keeps every blob for the run;
+- a reference with a well-formed digest of an algorithm the registry does not
+  store (`blake3:...`) cannot name a blob we would delete (blobs are listed by
+  supported algorithm only), so it is kept as a string in
+  `unknown_algorithms` for the report instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from layergc.digest import ALGORITHMS, Digest
+from layergc.errors import InvalidManifest
+
+# The Go registry refuses manifest bodies over 4 MiB (maxManifestBodySize); a
+# larger stored "manifest" was not written by it and is not parsed.
+MAX_MANIFEST_SIZE = 4 << 20
+
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+DOCKER_SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"
+# What a manifest without a mediaType field is taken for, by its fields.
+INFERRED_OCI_MANIFEST = OCI_MANIFEST
+INFERRED_OCI_INDEX = OCI_INDEX
+INFERRED_SCHEMA1 = DOCKER_SCHEMA1
+
+Kind = Literal["image", "index", "schema1", "unknown"]
+
+_KINDS: dict[str, Kind] = {
+    DOCKER_SCHEMA1: "schema1",
+    DOCKER_SCHEMA1_SIGNED: "schema1",
+    DOCKER_SCHEMA2: "image",
+    OCI_MANIFEST: "image",
+    OCI_ARTIFACT: "image",
+    DOCKER_MANIFEST_LIST: "index",
+    OCI_INDEX: "index",
+}
+
+# OCI's digest grammar: algorithm components joined by + . _ -, then the encoded part.
+_DIGEST_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRefs:
+    """What one manifest references. Immutable: a digest's answer never changes."""
+
+    media_type: str  # as stored, or inferred from the fields ("" when unknown and absent)
+    kind: Kind
+    blobs: tuple[Digest, ...] = ()  # config + layers (schema1: fsLayers), in order, unique
+    children: tuple[Digest, ...] = ()  # manifests of an index / manifest list
+    subject: Digest | None = None  # OCI referrers: the manifest this one is about
+    unknown_algorithms: tuple[str, ...] = ()  # references the registry cannot store
+
+    def referenced(self) -> tuple[Digest, ...]:
+        """Every digest that keeping this manifest keeps (not its subject)."""
+        return self.blobs + self.children
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, for reference caches that persist answers."""
+        return {
+            "media_type": self.media_type,
+            "kind": self.kind,
+            "blobs": [str(d) for d in self.blobs],
+            "children": [str(d) for d in self.children],
+            "subject": str(self.subject) if self.subject else None,
+            "unknown_algorithms": list(self.unknown_algorithms),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestRefs:
+        kind = data["kind"]
+        if kind not in ("image", "index", "schema1", "unknown"):
+            raise ValueError(f"unknown manifest kind {kind!r}")
+        subject = data.get("subject")
+        return cls(
+            media_type=str(data["media_type"]),
+            kind=kind,
+            blobs=tuple(Digest.parse(d) for d in data.get("blobs", ())),
+            children=tuple(Digest.parse(d) for d in data.get("children", ())),
+            subject=Digest.parse(subject) if subject else None,
+            unknown_algorithms=tuple(str(s) for s in data.get("unknown_algorithms", ())),
+        )
+
+
+def references(
+    content: bytes,
+    media_type_hint: str | None = None,
+    *,
+    intern: dict[str, Digest] | None = None,
+) -> ManifestRefs:
+    """Parse a stored manifest and say what it references.
+
+    `media_type_hint` (say, the Content-Type it was pushed with) is used only
+    when the JSON has no `mediaType` field; without either, the type is
+    inferred from the fields as the Go registry does for OCI manifests.
+    Raises InvalidManifest, and nothing else, when the content cannot be read.
+
+    `intern` (hex -> Digest, filled as it goes) lets a caller parsing many
+    manifests share one Digest object per digest: less memory, faster sets.
+    """
+    doc = _load(content)
+    media_type = doc.get("mediaType")
+    if media_type is None:
+        media_type = media_type_hint or _infer(doc)
+    elif not isinstance(media_type, str):
+        raise InvalidManifest(f"mediaType is not a string: {media_type!r}")
+    kind = _KINDS.get(media_type, "unknown")
+    refs = _Collector({} if intern is None else intern)
+    if kind == "unknown":
+        _collect_anywhere(doc, refs)
+    elif kind == "schema1":
+        for layer in _descriptor_list(doc, "fsLayers", required=True):
+            refs.blob(refs.field_digest(layer, "blobSum", "fsLayers[]"))
+    elif kind == "index":
+        for child in _descriptor_list(doc, "manifests", required=True):
+            refs.child(refs.descriptor_digest(child, "manifests[]"))
+        refs.set_subject(doc)
+    elif media_type == OCI_ARTIFACT:
+        for blob in _descriptor_list(doc, "blobs", required=False):
+            refs.blob(refs.descriptor_digest(blob, "blobs[]"))
+        refs.set_subject(doc)
+    else:  # schema2 or OCI image manifest
+        config = doc.get("config")
+        if config is None:
+            raise InvalidManifest(f"{media_type} has no config descriptor")
+        refs.blob(refs.descriptor_digest(config, "config"))
+        for layer in _descriptor_list(doc, "layers", required=media_type == DOCKER_SCHEMA2):
+            refs.blob(refs.descriptor_digest(layer, "layers[]"))
+        refs.set_subject(doc)
+    return refs.result(media_type, kind)
+
+
+def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> Digest | str:
+    """A descriptor's digest: a Digest, or the string itself when it is a
+    well-formed digest of an algorithm the registry does not store.
+    Raises InvalidManifest for anything else."""
+    if type(value) is str:
+        # Fast path: nearly every reference is a well-formed supported digest.
+        algorithm, _, encoded = value.partition(":")
+        if intern is not None:
+            known = intern.get(encoded)
+            if known is not None and known.algorithm == algorithm:
+                return known
+        length = ALGORITHMS.get(algorithm)
+        if length is not None and len(encoded) == length and _LOWER_HEX.fullmatch(encoded):
+            digest = Digest(algorithm, encoded)
+            if intern is not None:
+                intern[encoded] = digest
+            return digest
+        if _DIGEST_GRAMMAR.fullmatch(value) and algorithm not in ALGORITHMS:
+            return value
+    raise InvalidManifest(f"invalid digest in manifest: {_short(value)}")
+
+
+# --- internals ---------------------------------------------------------------
+
+
+class _Collector:
+    """Reads descriptors and accumulates their references in order, once each."""
+
+    __slots__ = ("blobs", "children", "intern", "subject", "unknown")
+
+    def __init__(self, intern: dict[str, Digest]) -> None:
+        self.intern = intern
+        self.blobs: dict[Digest, None] = {}
+        self.children: dict[Digest, None] = {}
+        self.subject: Digest | None = None
+        self.unknown: dict[str, None] = {}
+
+    def field_digest(self, descriptor: Any, key: str, where: str) -> Digest | str:
+        if not isinstance(descriptor, dict):
+            raise InvalidManifest(f"{where} is a {type(descriptor).__name__}, not a descriptor")
+        if key not in descriptor:
+            raise InvalidManifest(f"{where} has no {key!r}")
+        try:
+            return parse_reference(descriptor[key], self.intern)
+        except InvalidManifest as exc:
+            raise InvalidManifest(f"{where}.{key}: {exc}") from None
+
+    def descriptor_digest(self, descriptor: Any, where: str) -> Digest | str:
+        return self.field_digest(descriptor, "digest", where)
+
+    def _add(self, into: dict[Digest, None], ref: Digest | str) -> None:
+        if isinstance(ref, str):
+            self.unknown[ref] = None
+        else:
+            into[ref] = None
+
+    def blob(self, ref: Digest | str) -> None:
+        self._add(self.blobs, ref)
+
+    def child(self, ref: Digest | str) -> None:
+        self._add(self.children, ref)
+
+    def set_subject(self, doc: dict[str, Any]) -> None:
+        subject = doc.get("subject")
+        if subject is None:
+            return
+        ref = self.descriptor_digest(subject, "subject")
+        if isinstance(ref, str):
+            self.unknown[ref] = None
+        else:
+            self.subject = ref
+
+    def result(self, media_type: str, kind: Kind) -> ManifestRefs:
+        return ManifestRefs(
+            media_type=media_type,
+            kind=kind,
+            blobs=tuple(self.blobs),
+            children=tuple(self.children),
+            subject=self.subject,
+            unknown_algorithms=tuple(self.unknown),
+        )
+
+
+def _load(content: bytes) -> dict[str, Any]:
+    if not isinstance(content, bytes | bytearray | memoryview):
+        raise InvalidManifest(f"manifest content is {type(content).__name__}, not bytes")
+    if len(content) > MAX_MANIFEST_SIZE:
+        raise InvalidManifest(
+            f"manifest of {len(content)} bytes is larger than the registry's "
+            f"limit of {MAX_MANIFEST_SIZE} bytes"
+        )
+    try:
+        doc = json.loads(bytes(content))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
+        raise InvalidManifest(f"manifest is not valid JSON: {_short(str(exc))}") from None
+    if not isinstance(doc, dict):
+        raise InvalidManifest(f"manifest is a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _infer(doc: dict[str, Any]) -> str:
+    """The media type of a manifest without `mediaType` (OCI allows leaving it out)."""
+    has_manifests = "manifests" in doc
+    has_image = "config" in doc and "layers" in doc
+    if has_manifests and not has_image:
+        return INFERRED_OCI_INDEX
+    if has_image and not has_manifests:
+        return INFERRED_OCI_MANIFEST
+    if doc.get("schemaVersion") == 1 and "fsLayers" in doc and not (has_manifests or has_image):
+        return INFERRED_SCHEMA1
+    return ""  # ambiguous or unrecognised: read as an unknown type, all references count
+
+
+def _descriptor_list(doc: dict[str, Any], key: str, *, required: bool) -> list[Any]:
+    items = doc.get(key)
+    if items is None and not required:
+        return []
+    if not isinstance(items, list):
+        what = "missing" if items is None else f"a {type(items).__name__}"
+        raise InvalidManifest(f"manifest field {key!r} is {what}, not a list")
+    return items
+
+
+def _collect_anywhere(doc: dict[str, Any], refs: _Collector) -> None:
+    """Unknown media type: every descriptor and every digest string counts."""
+    subject = doc.get("subject")
+    if isinstance(subject, dict) and "digest" in subject:
+        refs.set_subject(doc)
+    for key, value in _walk(doc):
+        if type(value) is not str:
+            continue
+        if key in ("digest", "blobSum"):
+            # A descriptor: its digest must be readable, or we cannot know what it keeps.
+            refs.blob(refs.field_digest({key: value}, key, "descriptor"))
+            continue
+        try:
+            ref = parse_reference(value, refs.intern)
+        except InvalidManifest:
+            continue  # ordinary text
+        if isinstance(ref, Digest):  # an unknown-algorithm lookalike in free text is not reported
+            refs.blob(ref)
+    # The subject of a manifest we do not understand is also kept by it: fail closed.
+    if refs.subject is not None:
+        refs.blob(refs.subject)
+
+
+def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
+    """(key, value) of every value in a JSON document, iteratively (no recursion limit)."""
+    stack: list[tuple[str | None, Any]] = [(None, doc)]
+    while stack:
+        key, value = stack.pop()
+        yield key, value
+        if isinstance(value, dict):
+            stack.extend(value.items())
+        elif isinstance(value, list):
+            stack.extend((None, item) for item in value)
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
