@@ -169,11 +169,16 @@ class InMemoryDriver(StorageDriver):
 
     def put_content(self, path: str, content: bytes) -> None:
         validate_path(path)
-        data = bytearray(content)  # copied outside the lock
+        node = _File()
+        node.data = bytearray(content)  # copied outside the lock
         with self._lock:
-            node = self._mkfile(path, truncate=False)
-            node.data = data
-            node.mod_time = _now()
+            self._check_creatable(path)
+            folder = self._parent_dir(path, create=True)
+            assert folder is not None
+            # A new file, as the filesystem's rename makes a new inode: a writer
+            # still open on the old one no longer reaches this path.
+            folder.children[basename(path)] = node
+            node.mod_time = folder.mod_time = _now()
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         validate_path(path)
