@@ -94,6 +94,38 @@ class DigestMismatch(LayergcError, ValueError):
         self.actual = actual
 
 
+class UnknownManifest(LayergcError, KeyError):
+    """The repository has no manifest revision with that digest."""
+
+    def __init__(self, repository: str, digest: str) -> None:
+        super().__init__(f"unknown manifest: {repository}@{digest}")
+        self.repository = repository
+        self.digest = digest
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownTag(LayergcError, KeyError):
+    """The repository has no tag of that name."""
+
+    def __init__(self, repository: str, tag: str) -> None:
+        super().__init__(f"unknown tag: {repository}:{tag}")
+        self.repository = repository
+        self.tag = tag
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidTag(LayergcError, ValueError):
+    """A tag breaks the reference grammar ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(f"invalid tag: {tag!r}")
+        self.tag = tag
+
+
 class InvalidLink(LayergcError, ValueError):
     """A link file is empty, truncated or does not hold a valid digest."""
 

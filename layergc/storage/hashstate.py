@@ -418,7 +418,7 @@ def _openssl_self_check() -> bool:
         return False
     sample = bytes(range(256)) * 3
     for algorithm in ALGORITHMS:
-        for cut in (0, 1, 63, 64, 65, 127, 128, 129, 300):
+        for cut in (0, 1, 65, 129, 300):
             fast, slow = OpenSSLHash(algorithm), PythonHash(algorithm)
             fast.update(sample[:cut])
             slow.update(sample[:cut])
