@@ -83,7 +83,7 @@ from typing import Any, Literal
 import redis
 import yaml
 
-from tests.support.components import REDIS_HOST, REDIS_PORT, free_port
+from tests.support.components import REDIS_HOST, REDIS_PORT, free_port, port_open
 
 BINARY = "docker-registry"
 CacheKind = Literal["inmemory", "redis"]
@@ -257,6 +257,7 @@ class GoRegistry:
         self.port = free_port()
         self._secret = secrets.token_hex(16)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started = False
         self.write_config()
 
     # --- configuration -------------------------------------------------------
@@ -315,12 +316,27 @@ class GoRegistry:
     def start(self) -> GoRegistry:
         if self.running:
             return self
-        self.write_config()
         if self._flush_redis:
             self._flush_redis = False  # first start only: restarts keep the cache
             self.flush_redis()
-        log = self.log_path.open("ab")
-        try:
+        for attempt in range(3):
+            # The first start may pick another port if the free one was taken
+            # meanwhile; later starts keep theirs, so URLs and Locations stay valid.
+            if not self._started and port_open("127.0.0.1", self.port, 0.2):
+                self.port = free_port()
+            self.write_config()
+            self._spawn()
+            try:
+                self._wait_ready()
+                break
+            except RegistryError as exc:
+                if self._started or attempt == 2 or "address already in use" not in str(exc):
+                    raise
+        self._started = True
+        return self
+
+    def _spawn(self) -> None:
+        with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [_binary(), "serve", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
@@ -328,10 +344,6 @@ class GoRegistry:
                 stderr=subprocess.STDOUT,
                 env=registry_env(),
             )
-        finally:
-            log.close()
-        self._wait_ready()
-        return self
 
     @property
     def running(self) -> bool:

@@ -102,6 +102,13 @@ class Scenario:
         return replace(self, root=Path(dest))
 
 
+def failed_pulls(registry: GoRegistry, scenario: Scenario) -> list[ExpectedPull]:
+    """The expected pulls that no longer pull back whole through `registry`."""
+    return [
+        p for p in scenario.pulls if not images.pull_and_verify(registry, p.repo, p.ref, all=p.all)
+    ]
+
+
 def format_started_at(when: datetime) -> str:
     return when.astimezone(UTC).strftime(GO_TIME_FORMAT)
 
