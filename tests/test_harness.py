@@ -22,7 +22,6 @@ from tests.support import images
 from tests.support.components import port_open, require_binary, require_redis
 from tests.support.goregistry import GoRegistry, RegistryHTTPError, parse_gc_output, sha256_digest
 from tests.support.images import OCILayout, pull, pull_and_verify, push
-from tests.support.s3server import MotoServer
 from tests.support.scenario import GO_TIME_FORMAT, Scenario, failed_pulls
 
 pytestmark = pytest.mark.interop
@@ -253,6 +252,8 @@ def test_redis_cache_writes_descriptor_keys(tmp_path: Path) -> None:
 @pytest.mark.s3
 def test_s3_storage_with_aws_ca_bundle_set(monkeypatch: pytest.MonkeyPatch) -> None:
     require_binary("docker-registry")
+    from tests.support.s3server import MotoServer  # the S3 helpers' server
+
     with MotoServer() as moto:
         bucket = moto.create_bucket()
         # The registry's s3 driver panics on this variable; GoRegistry removes it.
