@@ -55,6 +55,7 @@ from layergc.errors import PathNotFound, StorageDriverError
 from layergc.gc import scan
 from layergc.gc.quarantine import Quarantine, QuarantineOverlay, restore_leftovers
 from layergc.gc.uploads import UploadInfo, purge_upload, stale_uploads
+from layergc.logs import bind_run
 from layergc.storage import paths
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,8 @@ class Sweeper:
         )
         report = Report(run_id=run_id, dry_run=opts.dry_run, started_at=_now(), mode=mode)
         try:
-            self._run(report, mode)
+            with bind_run(run_id):
+                self._run(report, mode)
             report.status = "failed" if report.errors else "succeeded"
         except Interrupted:
             report.status = "interrupted"

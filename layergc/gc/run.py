@@ -1,0 +1,73 @@
+"""One run from settings: build the driver, index and cache the settings describe,
+then sweep (or purge stale uploads) and return the JSON report."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from layergc.config import Settings, make_driver
+from layergc.gc.blobcache import RedisAddress, RedisBlobCache
+from layergc.gc.db import open_index
+from layergc.gc.sweep import SWEEP, Sweeper, SweepOptions
+from layergc.metrics import record_hook, record_run
+
+
+def sweep_options(settings: Settings) -> SweepOptions:
+    return SweepOptions(
+        dry_run=settings.dry_run,
+        delete_untagged=settings.delete_untagged,
+        grace=settings.grace,
+        upload_timeout=settings.upload_timeout,
+        settle=settings.settle,
+        after_delete_command=settings.after_delete_command,
+        after_delete_timeout=settings.after_delete_timeout,
+        registry_cache=settings.blob_cache,
+    )
+
+
+def blob_cache_for(settings: Settings) -> RedisBlobCache | None:
+    if settings.blob_cache != "redis" or not settings.redis_addr:
+        return None
+    address = RedisAddress.parse(settings.redis_addr, settings.redis_db, settings.redis_password)
+    return RedisBlobCache(address)
+
+
+def run_sweep(
+    settings: Settings,
+    *,
+    mode: str = SWEEP,
+    stop: threading.Event | None = None,
+    index: Any = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict[str, Any]:
+    """Run once and return the report; per-object errors are in the report, not raised."""
+    driver = make_driver(settings)
+    own_index = index is None
+    index = open_index(settings.db) if own_index else index
+    cache = blob_cache_for(settings)
+    started = time.monotonic()
+    try:
+        sweeper = Sweeper(
+            driver,
+            index,
+            sweep_options(settings),
+            blob_cache=cache,
+            stop=stop,
+            progress=progress,
+            hook_observer=record_hook,
+        )
+        report = sweeper.run(mode).as_json()
+    except BaseException:
+        record_run(None, mode, "error", time.monotonic() - started)
+        raise
+    finally:
+        if cache is not None:
+            cache.close()
+        if own_index:
+            index.close()
+        driver.close()
+    record_run(report, mode, report["status"], time.monotonic() - started)
+    return report
