@@ -8,8 +8,9 @@ As in distribution's blobwriter_resumable.go, a hash state is written at offset
 0 when the upload starts and whenever the upload is closed (the Go registry
 closes its writer at the end of every PATCH), so a resume, in this process,
 another one or the Go registry, finds a state at exactly the data's size and
-goes on without reading the data. Long writes also leave a state every
-`state_interval` bytes, so that a crash costs at most that much re-hashing.
+goes on without reading the data. Writes also leave a state every
+`state_interval` bytes (8 MiB), so that a crash costs at most that much
+re-hashing.
 
 sha256, the Go registry's canonical algorithm, is always tracked; sha384 and
 sha512 are tracked too when asked for at the start. Finishing with an
@@ -40,8 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Bytes between hash states persisted during a long run of writes (always on close).
-DEFAULT_STATE_INTERVAL = 64 << 20
+# A write leaves a hash state once this many bytes passed since the last one: after
+# every write of a chunk-sized write, at most one per 8 MiB for small writes (Go
+# lists every state on each resume, so thousands of them would cost). Always on close.
+DEFAULT_STATE_INTERVAL = 8 << 20
 READ_CHUNK = 8 << 20
 # One driver path component: what Go's UUIDs (and any sane client id) look like.
 _UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
