@@ -281,7 +281,7 @@ class Sweeper:
     # --- uploads -------------------------------------------------------------
 
     def _sweep_uploads(self, report: Report, uploads: list[tuple[str, str]], now: datetime) -> None:
-        stale, _fresh, errors = stale_uploads(
+        stale, fresh, errors = stale_uploads(
             self.driver, uploads, self.options.upload_timeout, now
         )
         for repository, uuid, message in errors:
@@ -292,10 +292,11 @@ class Sweeper:
             [(f"{u.repository}/{u.uuid}", u.repository, u.size) for u in stale],
             now,
         )
-        deleted: list[UploadInfo] = []
-        for info in stale:
+        for info in stale + fresh:
             if info.warning:
                 report.warnings.append(f"upload {info.repository}/{info.uuid}: {info.warning}")
+        deleted: list[UploadInfo] = []
+        for info in stale:
             action = WOULD_DELETE
             if not self.options.dry_run:
                 self._check_stop()
