@@ -662,6 +662,15 @@ class DriverConformance:
         assert not driver.exists("/a/c")
         assert not driver.exists("/a/b/c")
 
+    # --- a random walk against a model ------------------------------------------
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_random_operations_match_a_model(self, driver: StorageDriver, seed: int) -> None:
+        """Random puts, appends, moves and deletes over a small tree, checked after
+        every step against a dict of files. Folders a driver keeps after their
+        last file went (as the filesystem does) are tolerated, nothing else."""
+        ModelCheck(driver, random.Random(seed)).run(250)
+
     # --- concurrency -------------------------------------------------------------
 
     def test_concurrent_stream_reads(self, driver: StorageDriver) -> None:
@@ -747,6 +756,148 @@ class DriverConformance:
         assert "/w/d00/f" in seen
         assert "/w/d09/f" in seen
         assert len(driver.list("/w")) == 10
+
+
+class ModelCheck:
+    """The random walk of test_random_operations_match_a_model."""
+
+    def __init__(self, driver: StorageDriver, rng: random.Random) -> None:
+        self.driver = driver
+        self.rng = rng
+        self.files: dict[str, bytes] = {}
+
+    def run(self, steps: int) -> None:
+        ops = [self.put, self.put, self.append, self.get, self.delete, self.move, self.list]
+        ops += [self.stat]
+        for _ in range(steps):
+            self.rng.choice(ops)()
+        walked = {i.path: i.size for i in self.driver.walk("/") if not i.is_dir}
+        assert walked == {path: len(data) for path, data in self.files.items()}
+
+    # --- the model -----------------------------------------------------------
+
+    def path(self) -> str:
+        depth = self.rng.randint(1, 3)
+        return "/" + "/".join(self.rng.choice("abc") for _ in range(depth))
+
+    def under(self, folder: str) -> list[str]:
+        return [f for f in self.files if f.startswith(folder + "/")]
+
+    def is_folder(self, path: str) -> bool:
+        return path == "/" or bool(self.under(path))
+
+    def file_above(self, path: str) -> bool:
+        parts = path.split("/")
+        return any("/".join(parts[:i]) in self.files for i in range(2, len(parts)))
+
+    def ghost(self, path: str) -> bool:
+        """A folder the driver kept with no file below it."""
+        try:
+            info = self.driver.stat(path)
+        except PathNotFound:
+            return False
+        return info.is_dir and not self.under(path)
+
+    def can_hold_file(self, path: str) -> bool:
+        return not (self.is_folder(path) or self.file_above(path) or self.ghost(path))
+
+    # --- the steps -----------------------------------------------------------
+
+    def put(self) -> None:
+        path = self.path()
+        if not self.can_hold_file(path):
+            return
+        data = self.rng.randbytes(self.rng.randint(0, 64))
+        self.driver.put_content(path, data)
+        self.files[path] = data
+
+    def append(self) -> None:
+        path = self.path()
+        if not self.can_hold_file(path):
+            return
+        data = self.rng.randbytes(self.rng.randint(1, 64))
+        old = self.files.get(path)
+        with self.driver.writer(path, append=old is not None) as writer:
+            assert writer.size == len(old or b"")
+            writer.write(data)
+            if self.rng.random() < 0.5:
+                writer.commit()
+        self.files[path] = (old or b"") + data
+
+    def get(self) -> None:
+        path = self.path()
+        if path in self.files:
+            assert self.driver.get_content(path) == self.files[path]
+        else:
+            with pytest.raises(PathNotFound):
+                self.driver.get_content(path)
+
+    def delete(self) -> None:
+        path = self.path()
+        if path in self.files or self.is_folder(path):
+            self.driver.delete(path)
+            for gone in [path, *self.under(path)]:
+                self.files.pop(gone, None)
+        elif not self.ghost(path):
+            with pytest.raises(PathNotFound):
+                self.driver.delete(path)
+
+    def move(self) -> None:
+        source, dest = self.path(), self.path()
+        is_file = source in self.files
+        related = dest.startswith(source + "/") or source.startswith(dest + "/")
+        if not (is_file or self.is_folder(source)):
+            if not (related or self.ghost(source)):
+                with pytest.raises(PathNotFound):
+                    self.driver.move(source, dest)
+            return
+        # Replace only the same kind (S3 has no folders to replace a file with),
+        # and with no file on the way to dest.
+        if dest in self.files:
+            same_kind = is_file
+        elif self.is_folder(dest) or self.ghost(dest):
+            same_kind = not is_file
+        else:
+            same_kind = True
+        if source == dest or related or not same_kind or self.file_above(dest):
+            return
+        self.driver.move(source, dest)
+        moved = {dest + f[len(source) :]: self.files.pop(f) for f in [source, *self.under(source)]
+                 if f in self.files}  # fmt: skip
+        for gone in [dest, *self.under(dest)]:
+            self.files.pop(gone, None)
+        self.files.update(moved)
+
+    def list(self) -> None:
+        folder = self.rng.choice(["/", self.path()])
+        if folder in self.files:
+            with pytest.raises(PathNotFound):
+                self.driver.list(folder)
+            return
+        prefix = "" if folder == "/" else folder
+        expected = {prefix + "/" + f[len(prefix) + 1 :].split("/")[0] for f in self.under(prefix)}
+        try:
+            got = set(self.driver.list(folder))
+        except PathNotFound:
+            assert not expected
+            return
+        assert expected <= got
+        assert all(self.ghost(extra) for extra in got - expected)
+        entries = dict(self.driver.list_entries(folder))
+        assert {prefix + "/" + name for name in entries} == got
+        for path in expected:
+            assert entries[path.rsplit("/", 1)[1]] == (path not in self.files)
+
+    def stat(self) -> None:
+        path = self.path()
+        if path in self.files:
+            info = self.driver.stat(path)
+            assert (info.size, info.is_dir) == (len(self.files[path]), False)
+        elif self.is_folder(path):
+            assert self.driver.stat(path).is_dir
+        elif not self.ghost(path):
+            with pytest.raises(PathNotFound):
+                self.driver.stat(path)
 
 
 class FolderConformance:

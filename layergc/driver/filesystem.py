@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 import re
@@ -50,7 +51,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 
 from layergc.driver.base import FileInfo, FileWriter, StorageDriver, basename, validate_path
 from layergc.errors import InvalidOffset, InvalidPath, PathNotFound, StorageDriverError
@@ -68,6 +69,7 @@ _SYMLINK_REASON = "path crosses a symbolic link"
 # An opener resolves `rel` (a relative, validated, non-empty path) below the
 # folder open as `dir_fd` and returns a new descriptor, never following a link.
 Opener = Callable[[int, str, int], int]
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 # --- openers -----------------------------------------------------------------
@@ -198,7 +200,7 @@ def _remove_tree(dir_fd: int, name: str) -> None:
         fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
     except FileNotFoundError:
         return
-    except (NotADirectoryError, OSError) as error:
+    except OSError as error:
         if error.errno not in (errno.ENOTDIR, errno.ELOOP):
             raise
         # Replaced by a file or a link meanwhile: remove that, not what it points to.
@@ -227,6 +229,22 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         pass
     except IsADirectoryError:
         _remove_tree(dir_fd, name)
+
+
+def _driver_errors(method: _Method) -> _Method:
+    """Turn an unexpected OSError (EACCES, ENOSPC, a race lost) into a
+    StorageDriverError naming the path, so that callers catch one family."""
+
+    @functools.wraps(method)
+    def wrapper(self: FilesystemDriver, path: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, path, *args, **kwargs)
+        except StorageDriverError:
+            raise
+        except OSError as error:
+            raise StorageDriverError(f"{method.__name__} {path!r}: {error}") from error
+
+    return cast(_Method, wrapper)
 
 
 # --- the driver --------------------------------------------------------------
@@ -326,6 +344,7 @@ class FilesystemDriver(StorageDriver):
 
     # --- the contract ----------------------------------------------------------
 
+    @_driver_errors
     def get_content(self, path: str) -> bytes:
         validate_path(path)
         fd, st = self._open_file(path)
@@ -341,11 +360,18 @@ class FilesystemDriver(StorageDriver):
         finally:
             os.close(fd)
 
+    @_driver_errors
     def put_content(self, path: str, content: bytes) -> None:
         validate_path(path)
         rel, name = _split(path)
         dir_fd = self._make_dirs(rel, path)
         try:
+            # rename(2) would replace a link, not follow it; refuse it all the same,
+            # as every method does.
+            try:
+                self._lstat(path, dir_fd)
+            except PathNotFound:
+                pass
             temp = _temp_name(name)
             fd = os.open(
                 temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -365,6 +391,7 @@ class FilesystemDriver(StorageDriver):
         finally:
             os.close(dir_fd)
 
+    @_driver_errors
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         validate_path(path)
         if offset < 0:
@@ -376,6 +403,7 @@ class FilesystemDriver(StorageDriver):
         os.lseek(fd, offset, os.SEEK_SET)
         return os.fdopen(fd, "rb")
 
+    @_driver_errors
     def writer(self, path: str, append: bool = False) -> FileWriter:
         validate_path(path)
         rel, name = _split(path)
@@ -397,6 +425,7 @@ class FilesystemDriver(StorageDriver):
             raise
         return _FilesystemWriter(path, dir_fd, fd, st.st_size)
 
+    @_driver_errors
     def stat(self, path: str) -> FileInfo:
         validate_path(path, allow_root=True)
         if path == "/":
@@ -431,6 +460,7 @@ class FilesystemDriver(StorageDriver):
         prefix = "" if path == "/" else path
         return [f"{prefix}/{name}" for name, _ in self.list_entries(path)]
 
+    @_driver_errors
     def list_entries(self, path: str) -> list[tuple[str, bool]]:
         validate_path(path, allow_root=True)
         fd = self._open_dir(path[1:], path)
@@ -445,6 +475,7 @@ class FilesystemDriver(StorageDriver):
         finally:
             os.close(fd)
 
+    @_driver_errors
     def walk(self, path: str) -> Iterator[FileInfo]:
         validate_path(path, allow_root=True)
         # Opened now, so that a missing path raises here rather than at the first next().
@@ -453,8 +484,11 @@ class FilesystemDriver(StorageDriver):
 
     def _walk(self, fd: int, prefix: str) -> Iterator[FileInfo]:
         try:
-            with os.scandir(fd) as it:
-                entries = sorted((e for e in it if _COMPONENT_RE.match(e.name)), key=_name)
+            try:
+                with os.scandir(fd) as it:
+                    entries = sorted((e for e in it if _COMPONENT_RE.match(e.name)), key=_name)
+            except OSError as error:
+                raise StorageDriverError(f"walk {prefix or '/'!r}: {error}") from error
             for entry in entries:
                 child = f"{prefix}/{entry.name}"
                 try:
@@ -475,6 +509,7 @@ class FilesystemDriver(StorageDriver):
         finally:
             os.close(fd)
 
+    @_driver_errors
     def move(self, source: str, dest: str) -> None:
         validate_path(source)
         validate_path(dest)
@@ -521,6 +556,7 @@ class FilesystemDriver(StorageDriver):
             raise
         _unlink_quietly(dst_dir, aside)
 
+    @_driver_errors
     def delete(self, path: str) -> None:
         validate_path(path)
         rel, name = _split(path)
@@ -563,9 +599,15 @@ class _FilesystemWriter(FileWriter):
             if flag:
                 raise StorageDriverError(f"writer for {self._path!r} already {state}")
 
+    def _failed(self, action: str, error: OSError) -> StorageDriverError:
+        return StorageDriverError(f"{action} {self._path!r}: {error}")
+
     def write(self, data: bytes) -> int:
         self._check_open()
-        written = self._file.write(data)
+        try:
+            written = self._file.write(data)
+        except OSError as error:
+            raise self._failed("write", error) from error
         self._size += written
         return written
 
@@ -581,27 +623,33 @@ class _FilesystemWriter(FileWriter):
         try:
             if not self._file.closed:
                 self._file.close()
+        except OSError as error:
+            raise self._failed("close", error) from error
         finally:
             os.close(self._dir_fd)
 
     def cancel(self) -> None:
         self._check_open()
         self._cancelled = True
-        mine = os.fstat(self._file.fileno())
-        self._file.close()
         name = basename(self._path)
         try:
+            mine = os.fstat(self._file.fileno())
             st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
             # Only remove the file if it is still the one this writer wrote.
             if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
                 os.unlink(name, dir_fd=self._dir_fd)
         except FileNotFoundError:
             pass
+        except OSError as error:
+            raise self._failed("cancel", error) from error
         finally:
             self.close()
 
     def commit(self) -> None:
         self._check_open()
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise self._failed("commit", error) from error
         self._committed = True
