@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from layergc.driver.base import FileInfo, FileWriter, StorageDriver
 from layergc.errors import PathNotFound
+from layergc.gc.crashpoints import crash_point
 from layergc.storage import paths
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def restore_leftovers(driver: StorageDriver) -> list[str]:
                     restored.append(original)
                 except PathNotFound:
                     pass
+            crash_point("leftover")
         quarantine.close()
         log.info(
             "restored quarantine of an interrupted run",

@@ -53,6 +53,7 @@ from layergc.digest import Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
 from layergc.gc import scan
+from layergc.gc.crashpoints import crash_point
 from layergc.gc.quarantine import Quarantine, QuarantineOverlay, restore_leftovers
 from layergc.gc.uploads import UploadInfo, purge_upload, stale_uploads
 from layergc.logs import bind_run
@@ -219,6 +220,11 @@ class Sweeper:
             pid=os.getpid(),
         )
         report = Report(run_id=run_id, dry_run=opts.dry_run, started_at=_now(), mode=mode)
+        # A run left "running" by a process that died (SIGKILL, power cut) is
+        # recorded as interrupted; its quarantine is put back by _run.
+        stale = self.index.mark_stale_running_runs()
+        if stale:
+            report.warnings.append(f"runs {stale} were interrupted: marked so in the index")
         try:
             with bind_run(run_id):
                 self._run(report, mode)
@@ -302,6 +308,7 @@ class Sweeper:
                 self._check_stop()
                 try:
                     purge_upload(self.driver, info)
+                    crash_point("upload")
                     action = DELETED
                     deleted.append(info)
                 except StorageDriverError as exc:
@@ -474,11 +481,14 @@ class Sweeper:
                 item.held = quarantine.hold(item.units[0])
                 for unit in item.units[1:]:
                     quarantine.hold(unit)
+                crash_point("hold")
+            crash_point("quarantined")
             blob_digests = [str(d.digest) for d in doomed if d.kind == "blob"]
             hook_ran = self._forget(blob_digests, report)
             # (2) settle
             if not hook_ran:
                 self._settle(blob_digests)
+            crash_point("settle")
             # (3) re-check
             self._check_stop()
             remark = scan.mark(
@@ -490,6 +500,7 @@ class Sweeper:
                 raise _Abort("a manifest written during the sweep cannot be parsed")
             needed = remark.marked
             kept_manifests = {(m.repository, m.digest) for m in remark.manifests if m.kept}
+            crash_point("recheck")
         except Exception as exc:  # restore on anything, then decide how to report
             self._restore_all(quarantine, doomed, report)
             if isinstance(exc, _Abort | HookFailed):
@@ -592,6 +603,7 @@ class Sweeper:
                             pass
                 actions[(item.kind, item.key)] = DELETED
                 deleted.append(item)
+                crash_point("purge")
             except StorageDriverError as exc:
                 actions[(item.kind, item.key)] = FAILED
                 report.error("delete-failed", str(exc), item.units[0])
@@ -606,6 +618,7 @@ class Sweeper:
             entry["action"] = actions.get(("manifest", key), entry["action"])
         report.bytes_reclaimed += sum(d.size for d in deleted)
         for kind in ("blob", "manifest"):
+            crash_point("index")
             by_state: dict[str, list[str]] = defaultdict(list)
             for item in doomed:
                 if item.kind == kind:
@@ -614,9 +627,11 @@ class Sweeper:
                     by_state[state].append(item.key)
             for state, keys in by_state.items():
                 self.index.set_state(kind, keys, state)
+        crash_point("index")
         self.index.record_deletions(
             report.run_id, [(d.kind, d.key, d.repository, d.size) for d in deleted]
         )
+        crash_point("index")
         if self.stop.is_set():
             raise Interrupted
 
