@@ -111,8 +111,8 @@ class Metrics:
         self.duration.labels(mode).observe(max(duration, 0.0))
         if outcome == SUCCESS:
             self.last_success.labels(mode).set(time.time())
-        if not report:
-            if outcome == "failed":
+        if not report:  # the run raised: that is its one error
+            if outcome != SUCCESS:
                 self.errors.labels(mode).inc()
             return
         pending = 0
