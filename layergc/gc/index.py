@@ -1,0 +1,853 @@
+"""The garbage collector's SQL index: typed models and the repository-style API the sweep uses.
+
+One schema serves SQLite (the embedded default) and PostgreSQL (shared by daemon replicas).
+The schema itself is owned by Alembic (`migrations/`); `layergc.gc.db.open_index` brings a
+database to head before handing out an `Index`.
+
+Every write that can be large goes out in chunks (`CHUNK` rows per statement, through
+SQLAlchemy's multi-row "insertmanyvalues" batching), and every upsert is a single
+dialect-specific `INSERT ... ON CONFLICT` statement, so the semantics below hold under
+concurrent writers without read-then-write races.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    any_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy import (
+    Index as SqlIndex,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Select
+
+log = logging.getLogger(__name__)
+
+#: Rows per statement for batched writes and per IN-list for batched reads.
+CHUNK: Final = 1000
+#: Keys per membership query: one bound array (PostgreSQL) or JSON text (SQLite) each.
+LOOKUP_CHUNK: Final = 10_000
+
+RUN_MODES: Final = ("sweep", "purge-uploads")
+RUN_STATUSES: Final = ("running", "succeeded", "failed", "interrupted")
+CANDIDATE_KINDS: Final = ("blob", "manifest", "upload")
+CANDIDATE_STATES: Final = ("pending", "quarantined", "deleted", "restored", "referenced")
+#: The counters `finish_run` accepts (each a Run column).
+RUN_COUNTS: Final = (
+    "repositories",
+    "manifests_marked",
+    "blobs_marked",
+    "blobs_found",
+    "blobs_deleted",
+    "manifests_found",
+    "manifests_deleted",
+    "uploads_found",
+    "uploads_deleted",
+    "bytes_reclaimed",
+)
+
+# A lease released on purpose expires at the epoch, so the next acquirer takes it at once.
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+_T = TypeVar("_T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL keeps `timestamptz`; SQLite has no time zones, so values are normalised to
+    UTC on the way in (which also keeps its text comparisons ordered) and tagged UTC on the
+    way out. A naive datetime is taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite stores text: drop the offset so every stored value has the same shape.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (compact, indexable); JSON text elsewhere.
+JSONType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+        list[Any]: JSONType,
+    }
+
+
+class Run(Base):
+    """One sweep or upload purge: options, outcome, counters and the final report."""
+
+    __tablename__ = "layergc_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(32))
+    dry_run: Mapped[bool]
+    delete_untagged: Mapped[bool]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None]
+    repositories: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    manifests_marked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    blobs_marked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    blobs_found: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    blobs_deleted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    manifests_found: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    manifests_deleted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    uploads_found: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    uploads_deleted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes_reclaimed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    errors: Mapped[list[Any]] = mapped_column(default=list)
+    report: Mapped[dict[str, Any] | None]
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, mode={self.mode!r}, status={self.status!r})"
+
+
+class Candidate(Base):
+    """Something seen unreferenced: a blob (key = digest), a manifest revision
+    (key = "repo@digest") or an upload (key = "repo/uuid")."""
+
+    __tablename__ = "layergc_candidates"
+    __table_args__ = (
+        UniqueConstraint("kind", "key"),
+        SqlIndex("ix_layergc_candidates_kind_state", "kind", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(Text)
+    repository: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    first_seen_unreferenced: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16))
+    # The run that last saw it. Deliberately no foreign key: the check would cost a
+    # lookup per row on the hottest write path, and runs may be pruned independently.
+    last_run_id: Mapped[int | None]
+    quarantine_path: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None]
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.kind!r}, {self.key!r}, state={self.state!r})"
+
+
+class Deletion(Base):
+    """The audit log: one row per object actually deleted."""
+
+    __tablename__ = "layergc_deletions"
+    __table_args__ = (SqlIndex("ix_layergc_deletions_kind_key", "kind", "key"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("layergc_runs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(Text)
+    repository: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    deleted_at: Mapped[datetime]
+
+
+class ManifestReferences(Base):
+    """What a manifest digest references. Manifests are immutable, so an entry never goes
+    stale: a repeated mark reads it here instead of fetching and parsing the manifest.
+
+    The digest lists are space-separated text, not JSON: a repeated mark loads tens of
+    thousands of entries, and str.split/join are several times cheaper than json.loads/
+    dumps there. Any other field of an entry goes to the JSON `extra` (NULL when empty).
+    """
+
+    __tablename__ = "layergc_manifest_references"
+
+    digest: Mapped[str] = mapped_column(String(200), primary_key=True)
+    media_type: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(String(32))
+    blobs: Mapped[str] = mapped_column(Text)
+    children: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(200))
+    extra: Mapped[dict[str, Any] | None]
+
+
+class Lease(Base):
+    """A named lease with a fencing token, electing one runner among replicas."""
+
+    __tablename__ = "layergc_leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(Text)
+    token: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime]
+
+
+def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _check(value: str, allowed: Sequence[str], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r} (expected one of {', '.join(allowed)})")
+    return value
+
+
+def _seconds(ttl: float | timedelta) -> timedelta:
+    delta = ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl)
+    if delta <= timedelta(0):
+        raise ValueError(f"lease ttl must be positive, got {ttl!r}")
+    return delta
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+# The reference-cache fields with a column of their own (the rest go to `extra`).
+_REF_COLUMNS: Final = ("media_type", "kind", "blobs", "children", "subject")
+
+
+def _join_digests(digests: Sequence[str] | None, what: str) -> str:
+    joined = " ".join(digests or ())
+    if len(joined.split()) != len(digests or ()):
+        raise ValueError(f"{what}: a digest is empty or holds whitespace: {digests!r}")
+    return joined
+
+
+def _reference_row(digest: str, value: Mapping[str, Any]) -> tuple[Any, ...]:
+    extra = {k: v for k, v in value.items() if k not in _REF_COLUMNS and v not in (None, [], ())}
+    return (
+        digest,
+        value.get("media_type"),
+        value.get("kind"),
+        _join_digests(value.get("blobs"), digest),
+        _join_digests(value.get("children"), digest),
+        value.get("subject"),
+        json.dumps(extra) if extra else None,
+    )
+
+
+class Index:
+    """The repository-style API over one database. Thread-safe: each call takes its own
+    connection from the engine's pool. Build it with `layergc.gc.db.open_index`."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database dialect {dialect!r}")
+        self.engine = engine
+        self._dialect = dialect
+        self._insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Index({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _session(self) -> Session:
+        # Objects outlive the session that loaded them: callers get plain, detached values.
+        return Session(self.engine, expire_on_commit=False)
+
+    def _member_of(self, column: Any, values: Sequence[str]) -> ColumnElement[bool]:
+        """`column IN values` with a single bound parameter, whatever the list's length:
+        a text[] on PostgreSQL, a JSON array read by json_each on SQLite. This keeps one
+        statement in the compiled cache and under every bind-parameter limit."""
+        if self._dialect == "postgresql":
+            return column == any_(bindparam("members", list(values), type_=postgresql.ARRAY(Text)))
+        members = func.json_each(bindparam("members", json.dumps(list(values)), type_=Text))
+        return column.in_(select(members.table_valued("value").c.value))
+
+    def _bulk_rows(
+        self, columns: Mapping[str, Any], rows: Sequence[tuple[Any, ...]]
+    ) -> Select[Any]:
+        """A SELECT over `rows` passed as one bound parameter per column (PostgreSQL:
+        unnest of arrays) or one in all (SQLite: json_each of a JSON array of rows).
+
+        A bulk write then is one statement with a handful of parameters, whatever the
+        row count: no per-row parameter processing in SQLAlchemy or the driver, and no
+        per-row statement execution in the database."""
+        names = list(columns)
+        if self._dialect == "postgresql":
+            arrays = [
+                bindparam(f"bulk_{name}", [row[i] for row in rows], type_=postgresql.ARRAY(t))
+                for i, (name, t) in enumerate(columns.items())
+            ]
+            src = func.unnest(*arrays).table_valued(*names).render_derived(name="src")
+            return select(*(src.c[name] for name in names))
+        doc = bindparam("bulk_rows", json.dumps(rows, separators=(",", ":")), type_=Text)
+        src = func.json_each(doc).table_valued("value").alias("src")
+        fields = [
+            func.json_extract(src.c.value, f"$[{i}]", type_=t).label(name)
+            for i, (name, t) in enumerate(columns.items())
+        ]
+        # "WHERE true": without it SQLite would read ON CONFLICT as a join constraint.
+        return select(*fields).where(true())
+
+    def _clock(self) -> ColumnElement[datetime]:
+        """Now, by the database server's clock where there is one (replicas on several
+        hosts then agree on lease expiry); SQLite is local, so the local clock is the same."""
+        if self._dialect == "postgresql":
+            return func.statement_timestamp(type_=UTCDateTime())
+        return literal(utcnow(), UTCDateTime())
+
+    def _in_future(self, delta: timedelta) -> ColumnElement[datetime]:
+        if self._dialect == "postgresql":
+            return func.statement_timestamp(type_=UTCDateTime()) + literal(delta)
+        return literal(utcnow() + delta, UTCDateTime())
+
+    # --- runs --------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        mode: str,
+        dry_run: bool,
+        delete_untagged: bool = False,
+        host: str | None = None,
+        pid: int | None = None,
+        *,
+        started_at: datetime | None = None,
+    ) -> int:
+        """Record a run as "running"; host and pid default to this process's."""
+        _check(mode, RUN_MODES, "run mode")
+        with self.engine.begin() as conn:
+            run_id = conn.execute(
+                insert(Run)
+                .values(
+                    mode=mode,
+                    dry_run=dry_run,
+                    delete_untagged=delete_untagged,
+                    status="running",
+                    started_at=started_at or utcnow(),
+                    host=host if host is not None else socket.gethostname(),
+                    pid=pid if pid is not None else os.getpid(),
+                    errors=[],
+                )
+                .returning(Run.id)
+            ).scalar_one()
+        log.info("run started", extra={"run_id": run_id, "mode": mode, "dry_run": dry_run})
+        return int(run_id)
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        counts: Mapping[str, int] | None = None,
+        errors: Sequence[Any] | None = None,
+        report: Mapping[str, Any] | None = None,
+        *,
+        finished_at: datetime | None = None,
+    ) -> None:
+        """Close a run with its outcome. `counts` keys are the names in RUN_COUNTS."""
+        _check(status, RUN_STATUSES[1:], "final run status")
+        counts = dict(counts or {})
+        unknown = set(counts) - set(RUN_COUNTS)
+        if unknown:
+            raise ValueError(f"unknown run counters: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {
+            "status": status,
+            "finished_at": finished_at or utcnow(),
+            "errors": list(errors or []),
+            "report": dict(report) if report is not None else None,
+            **{name: int(value) for name, value in counts.items()},
+        }
+        with self.engine.begin() as conn:
+            done = conn.execute(update(Run).where(Run.id == run_id).values(**values)).rowcount
+        if done != 1:
+            raise KeyError(f"no run {run_id}")
+        log.info("run finished", extra={"run_id": run_id, "status": status})
+
+    def mark_stale_running_runs(
+        self, older_than: datetime | None = None, *, now: datetime | None = None
+    ) -> list[int]:
+        """Turn runs left "running" by a process that is gone into "interrupted".
+
+        A run is stale when it started before `older_than`, or when it was started on this
+        host by a process id that no longer exists (never this process's own runs). A
+        replica that holds the sweep lease may pass `older_than=now`: no other run can
+        legitimately be in flight then. Returns the ids it changed.
+        """
+        here, me = socket.gethostname(), os.getpid()
+        with self._session() as session:
+            running = session.execute(
+                select(Run.id, Run.started_at, Run.host, Run.pid).where(Run.status == "running")
+            ).all()
+        stale = [
+            row.id
+            for row in running
+            if (older_than is not None and row.started_at < older_than)
+            or (
+                row.host == here
+                and row.pid is not None
+                and row.pid != me
+                and not _pid_alive(row.pid)
+            )
+        ]
+        if not stale:
+            return []
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Run)
+                .where(Run.id.in_(stale), Run.status == "running")
+                .values(status="interrupted", finished_at=now or utcnow())
+            )
+        log.warning("stale runs marked interrupted", extra={"run_ids": stale})
+        return stale
+
+    def runs(self, limit: int | None = 20) -> list[Run]:
+        """The most recent runs, newest first."""
+        with self._session() as session:
+            return list(session.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))
+
+    def run(self, run_id: int) -> Run | None:
+        with self._session() as session:
+            return session.get(Run, run_id)
+
+    # --- candidates --------------------------------------------------------------------
+
+    def observe_unreferenced(
+        self,
+        run_id: int,
+        kind: str,
+        items: Iterable[tuple[str, str | None, int | None]],
+        now: datetime | None = None,
+    ) -> dict[str, datetime]:
+        """Upsert what this run found unreferenced; return each key's first sighting.
+
+        New keys start "pending" with first_seen = now. A key seen before keeps its
+        first_seen while it stayed pending or quarantined; one that was "referenced",
+        "restored" or "deleted" in between (so is unreferenced anew, or was uploaded again)
+        restarts its grace period from now. last_seen = now and last_run_id = run_id
+        always; the state goes back to "pending" unless the key is quarantined.
+        """
+        _check(kind, CANDIDATE_KINDS, "candidate kind")
+        c = Candidate.__table__.c
+        when = bindparam("now", now or utcnow(), type_=UTCDateTime())
+        # Plain ORs, not IN: no expanding parameter in the statement.
+        grace_continues = or_(c.state == "pending", c.state == "quarantined")
+        first_seen: dict[str, datetime] = {}
+        with self.engine.begin() as conn:
+            for chunk in _chunks(items, CHUNK):
+                # One statement must not touch a row twice (PostgreSQL refuses): last one wins.
+                rows = list({item[0]: tuple(item[:3]) for item in chunk}.values())
+                src = self._bulk_rows(
+                    {"key": Text(), "repository": Text(), "size": BigInteger()}, rows
+                ).subquery("observed")
+                ins = self._insert(Candidate)
+                stmt = (
+                    ins.from_select(
+                        [
+                            *(c.key, c.repository, c.size, c.kind, c.state, c.last_run_id),
+                            *(c.first_seen_unreferenced, c.last_seen),
+                        ],
+                        select(
+                            src.c.key,
+                            src.c.repository,
+                            src.c.size,
+                            literal(kind, String()),
+                            literal("pending", String()),
+                            literal(int(run_id), Integer()),
+                            when,
+                            when,
+                        ).where(true()),
+                    )
+                    .on_conflict_do_update(
+                        index_elements=[c.kind, c.key],
+                        set_={
+                            "first_seen_unreferenced": case(
+                                (grace_continues, c.first_seen_unreferenced),
+                                else_=ins.excluded.first_seen_unreferenced,
+                            ),
+                            "last_seen": ins.excluded.last_seen,
+                            "last_run_id": ins.excluded.last_run_id,
+                            "state": case(
+                                (c.state == "quarantined", c.state), else_=ins.excluded.state
+                            ),
+                            "repository": func.coalesce(ins.excluded.repository, c.repository),
+                            "size": func.coalesce(ins.excluded.size, c.size),
+                        },
+                    )
+                    .returning(c.key, c.first_seen_unreferenced)
+                )
+                first_seen.update(conn.execute(stmt).all())  # rows of (key, first_seen)
+        return first_seen
+
+    def forget_absent(self, kind: str, run_id: int) -> int:
+        """Mark "referenced" every pending candidate of `kind` this run did not observe
+        (it is referenced again, or gone). Call it only after a complete scan of `kind`.
+        Returns how many rows changed."""
+        _check(kind, CANDIDATE_KINDS, "candidate kind")
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(Candidate)
+                .where(
+                    Candidate.kind == kind,
+                    Candidate.state == "pending",
+                    (Candidate.last_run_id.is_(None)) | (Candidate.last_run_id != run_id),
+                )
+                .values(state="referenced")
+            ).rowcount
+
+    def set_state(
+        self,
+        kind: str,
+        keys: Iterable[str],
+        state: str,
+        quarantine_path: str | Mapping[str, str] | None = None,
+    ) -> int:
+        """Move candidates to `state`. `quarantine_path` is one path for all keys or a
+        per-key mapping; leaving the quarantine (any other state) clears the path unless one
+        is given. Returns how many rows changed (keys not in the index are ignored)."""
+        _check(kind, CANDIDATE_KINDS, "candidate kind")
+        _check(state, CANDIDATE_STATES, "candidate state")
+        changed = 0
+        with self.engine.begin() as conn:
+            if isinstance(quarantine_path, Mapping):
+                stmt = (
+                    update(Candidate)
+                    .where(Candidate.kind == kind, Candidate.key == bindparam("b_key"))
+                    .values(state=state, quarantine_path=bindparam("b_path"))
+                )
+                for chunk in _chunks(quarantine_path.items(), CHUNK):
+                    rows = [{"b_key": k, "b_path": p} for k, p in chunk]
+                    changed += conn.execute(stmt, rows).rowcount
+                return changed
+            for chunk in _chunks(keys, LOOKUP_CHUNK):
+                changed += conn.execute(
+                    update(Candidate)
+                    .where(Candidate.kind == kind, self._member_of(Candidate.key, chunk))
+                    .values(state=state, quarantine_path=quarantine_path)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+        return changed
+
+    def candidates(self, kind: str, keys: Iterable[str]) -> dict[str, Candidate]:
+        """The index's rows for these keys (missing keys are absent from the result)."""
+        found: dict[str, Candidate] = {}
+        with self._session() as session:
+            for chunk in _chunks(keys, LOOKUP_CHUNK):
+                query = select(Candidate).where(
+                    Candidate.kind == kind, self._member_of(Candidate.key, chunk)
+                )
+                found.update((c.key, c) for c in session.scalars(query))
+        return found
+
+    def quarantined(self, kind: str | None = None) -> list[Candidate]:
+        """Candidates in quarantine: what a crashed sweep left to finish or undo."""
+        query = select(Candidate).where(Candidate.state == "quarantined")
+        if kind is not None:
+            query = query.where(Candidate.kind == _check(kind, CANDIDATE_KINDS, "kind"))
+        with self._session() as session:
+            return list(session.scalars(query.order_by(Candidate.id)))
+
+    def pending_candidates(
+        self, limit: int | None = None, kind: str | None = None
+    ) -> list[Candidate]:
+        """Pending candidates, longest unreferenced first."""
+        query = select(Candidate).where(Candidate.state == "pending")
+        if kind is not None:
+            query = query.where(Candidate.kind == _check(kind, CANDIDATE_KINDS, "kind"))
+        query = query.order_by(Candidate.first_seen_unreferenced, Candidate.id).limit(limit)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def iter_observed(self, run_id: int, kind: str, *, batch: int = CHUNK) -> Iterator[Candidate]:
+        """Stream the candidates `run_id` observed, in id order, `batch` rows at a time:
+        the bounded-memory alternative to holding observe_unreferenced's whole result."""
+        last = 0
+        while True:
+            with self._session() as session:
+                page = list(
+                    session.scalars(
+                        select(Candidate)
+                        .where(
+                            Candidate.kind == kind,
+                            Candidate.last_run_id == run_id,
+                            Candidate.id > last,
+                        )
+                        .order_by(Candidate.id)
+                        .limit(batch)
+                    )
+                )
+            if not page:
+                return
+            yield from page
+            last = page[-1].id
+
+    def prune_candidates(self, last_seen_before: datetime) -> int:
+        """Drop settled history: candidates referenced, restored or deleted whose last
+        sighting is older than `last_seen_before`. Pending and quarantined rows stay."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(Candidate).where(
+                    Candidate.state.in_(("referenced", "restored", "deleted")),
+                    Candidate.last_seen < last_seen_before,
+                )
+            ).rowcount
+
+    # --- the audit log -----------------------------------------------------------------
+
+    def record_deletions(
+        self,
+        run_id: int,
+        items: Iterable[tuple[str, str, str | None, int | None]],
+        deleted_at: datetime | None = None,
+    ) -> int:
+        """Append (kind, key, repository, size) rows to the audit log; returns the count."""
+        deleted_at = deleted_at or utcnow()
+        written = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(items, CHUNK):
+                rows = [
+                    {
+                        "run_id": run_id,
+                        "kind": _check(kind, CANDIDATE_KINDS, "kind"),
+                        "key": key,
+                        "repository": repository,
+                        "size": size,
+                        "deleted_at": deleted_at,
+                    }
+                    for kind, key, repository, size in chunk
+                ]
+                conn.execute(insert(Deletion), rows)
+                written += len(rows)
+        return written
+
+    def deletions(self, run_id: int) -> list[Deletion]:
+        with self._session() as session:
+            query = select(Deletion).where(Deletion.run_id == run_id).order_by(Deletion.id)
+            return list(session.scalars(query))
+
+    # --- the manifest reference cache --------------------------------------------------
+
+    def get_references(self, digests: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Cached references for the digests that have them, each as
+        {"media_type", "kind", "blobs": [...], "children": [...], "subject", **extra}:
+        what `put_references` got, less extra fields that were empty."""
+        m = ManifestReferences.__table__.c
+        columns = (m.digest, m.media_type, m.kind, m.blobs, m.children, m.subject, m.extra)
+        found: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(digests, LOOKUP_CHUNK):
+                query = select(*columns).where(self._member_of(m.digest, chunk))
+                rows = conn.execute(query).all()  # one fetchall: far cheaper than row by row
+                for digest, media_type, kind, blobs, children, subject, extra in rows:
+                    entry = {
+                        "media_type": media_type,
+                        "kind": kind,
+                        "blobs": blobs.split(),
+                        "children": children.split(),
+                        "subject": subject,
+                    }
+                    if extra:
+                        entry.update(extra)
+                    found[digest] = entry
+        return found
+
+    def put_references(self, mapping: Mapping[str, Mapping[str, Any]]) -> int:
+        """Cache what manifests reference: digest -> {"media_type", "kind", "blobs",
+        "children", "subject", and any other JSON-able fields}, as `ManifestRefs.to_dict`
+        gives. A digest already cached is left alone (manifests are immutable, and a
+        concurrent writer computed the same thing). Returns how many entries were offered."""
+        m = ManifestReferences.__table__.c
+        columns = {
+            "digest": Text(),
+            "media_type": Text(),
+            "kind": Text(),
+            "blobs": Text(),
+            "children": Text(),
+            "subject": Text(),
+            "extra": Text(),
+        }
+        offered = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(mapping.items(), CHUNK):
+                src = self._bulk_rows(
+                    columns, [_reference_row(digest, value) for digest, value in chunk]
+                ).subquery("refs")
+                # `extra` travels as JSON text; PostgreSQL stores it as jsonb.
+                extra: Any = src.c.extra
+                if self._dialect == "postgresql":
+                    extra = cast(extra, postgresql.JSONB)
+                names = list(columns)
+                stmt = (
+                    self._insert(ManifestReferences)
+                    .from_select(
+                        [m[name] for name in names],
+                        select(*(src.c[name] for name in names[:-1]), extra).where(true()),
+                    )
+                    .on_conflict_do_nothing(index_elements=[m.digest])
+                )
+                conn.execute(stmt)
+                offered += len(chunk)
+        return offered
+
+    def delete_references(self, digests: Iterable[str]) -> int:
+        """Forget cached entries (for manifests whose blobs were deleted)."""
+        m = ManifestReferences.__table__.c
+        removed = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(digests, LOOKUP_CHUNK):
+                removed += conn.execute(
+                    delete(ManifestReferences).where(self._member_of(m.digest, chunk))
+                ).rowcount
+        return removed
+
+    # --- leases ------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl: float | timedelta) -> int | None:
+        """Take or renew the lease `name` for `ttl`; return its fencing token, or None
+        while another holder's lease is unexpired.
+
+        One atomic upsert: the holder of an unexpired lease renews it with the same token;
+        a free, released or expired lease goes to the caller with token + 1 (1 for a new
+        name). Tokens never go down, so a storage write can be fenced on them.
+        """
+        delta = _seconds(ttl)
+        lease = Lease.__table__.c
+        ins = self._insert(Lease)
+        now = self._clock()
+        still_mine = (lease.holder == ins.excluded.holder) & (lease.expires_at >= now)
+        stmt = (
+            ins.values(name=name, holder=holder, token=1, expires_at=self._in_future(delta))
+            .on_conflict_do_update(
+                index_elements=[lease.name],
+                set_={
+                    "holder": ins.excluded.holder,
+                    "expires_at": ins.excluded.expires_at,
+                    "token": case((still_mine, lease.token), else_=lease.token + 1),
+                },
+                where=(lease.expires_at < now) | (lease.holder == ins.excluded.holder),
+            )
+            .returning(lease.token)
+        )
+        with self.engine.begin() as conn:
+            token = conn.execute(stmt).scalar_one_or_none()
+        return None if token is None else int(token)
+
+    def renew_lease(self, name: str, holder: str, token: int, ttl: float | timedelta) -> bool:
+        """Extend a lease this holder acquired as `token`. False once anyone else has
+        acquired it since (the token moved on): the caller must stop acting as the holder."""
+        delta = _seconds(ttl)
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Lease)
+                .where(Lease.name == name, Lease.holder == holder, Lease.token == token)
+                .values(expires_at=self._in_future(delta))
+            ).rowcount
+        return changed == 1
+
+    def release_lease(self, name: str, holder: str, token: int | None = None) -> bool:
+        """Give the lease up now (it stays in the table, expired, so tokens keep growing)."""
+        query = update(Lease).where(Lease.name == name, Lease.holder == holder)
+        if token is not None:
+            query = query.where(Lease.token == token)
+        with self.engine.begin() as conn:
+            return conn.execute(query.values(expires_at=_EPOCH)).rowcount == 1
+
+    def lease(self, name: str) -> Lease | None:
+        with self._session() as session:
+            return session.get(Lease, name)
+
+    def reference_cache(self) -> IndexReferenceCache:
+        """The mark's ReferenceCache (get_many/put_many of ManifestRefs) over this index."""
+        return IndexReferenceCache(self)
+
+
+class IndexReferenceCache:
+    """Adapts the reference cache tables to the scan's ReferenceCache protocol: keyed by
+    Digest, valued by ManifestRefs (stored through its to_dict/from_dict form)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def get_many(self, digests: Iterable[Any]) -> dict[Any, Any]:
+        # Imported here: the index must not need the manifest parser to open or migrate.
+        from layergc.storage.manifests import ManifestRefs
+
+        wanted = {str(d): d for d in digests}
+        found = self.index.get_references(wanted)
+        return {wanted[key]: ManifestRefs.from_dict(value) for key, value in found.items()}
+
+    def put_many(self, refs: Mapping[Any, Any]) -> None:
+        self.index.put_references({str(d): r.to_dict() for d, r in refs.items()})
