@@ -364,7 +364,7 @@ def _read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if not isinstance(value, dict):
             raise ConfigError(f"config file {path}: {key} must be a table ([{key}])")
     # Paths in the file are relative to the file, not to wherever layergc starts.
-    base = Path(path).resolve().parent
+    base = Path(path).absolute().parent
     for key in _STORAGE_SOURCES:
         if isinstance(data.get(key), str) and data[key]:
             data[key] = str(base / data[key])
