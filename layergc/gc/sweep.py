@@ -581,7 +581,11 @@ class Sweeper:
     ) -> None:
         actions: dict[tuple[str, str], str] = {}
         deleted: list[Doomed] = []
-        for item in doomed:
+        # Crash order: a manifest goes before the blobs (its own blob among them),
+        # and an object's links before its primary folder. A run killed in between
+        # then leaves, restored by the next run, a whole object that is still
+        # garbage, never a revision link without its blob or a dangling link.
+        for item in sorted(doomed, key=lambda d: d.kind != "manifest"):
             restore = (
                 item.digest in needed
                 if item.kind == "blob"
@@ -593,14 +597,14 @@ class Sweeper:
                 actions[(item.kind, item.key)] = KEPT if restore else DEFERRED
                 continue
             try:
-                for unit in item.units:
-                    quarantine.purge(unit)
                 if item.kind == "blob":
                     for repo in remark.layer_links.get(item.digest, ()):  # links made meanwhile
                         try:
                             self.driver.delete(paths.layer_link_dir(repo, item.digest))
                         except PathNotFound:
                             pass
+                for unit in item.units[1:] + item.units[:1]:
+                    quarantine.purge(unit)
                 actions[(item.kind, item.key)] = DELETED
                 deleted.append(item)
                 crash_point("purge")
