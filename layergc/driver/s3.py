@@ -206,7 +206,8 @@ class S3Driver(StorageDriver):
             # Custom endpoints (MinIO, Ceph, moto) rarely serve virtual hosts; Go
             # forces path style for them too.
             s3={"addressing_style": "path" if regionendpoint else "auto"},
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            # Attempts in all, the first included (botocore's `max_attempts` counts retries).
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             max_pool_connections=max(max_pool, 10),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -227,7 +228,8 @@ class S3Driver(StorageDriver):
                 config=config,
                 **credentials,
             )
-        self.retry_config: dict[str, Any] = {"mode": retry_mode, "max_attempts": max_attempts}
+        self.retry_mode = retry_mode
+        self.max_attempts = max_attempts
 
         self._write_args: dict[str, str] = {"ContentType": "application/octet-stream"}
         if encrypt:
