@@ -29,11 +29,13 @@ from layergc.digest import Digest
 from layergc.storage import paths
 from tests.support.components import require_redis
 from tests.support.goregistry import GCResult, GoRegistry
+from tests.support.images import OCILayout, pull_and_verify, push
 from tests.support.scenario import Scenario, failed_pulls
 
 pytestmark = pytest.mark.interop
 
 SWEEP_TIMEOUT = 120
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 REDIS_DB = 3  # not the harness's default database, which other tests flush
 
 
@@ -370,6 +372,72 @@ def test_default_grace_defers_fresh_garbage_and_purges_stale_uploads(
         str(scenario.upload_dir(r, u).relative_to(scenario.root)) for r, u in scenario.stale_uploads
     }
     assert {p for p in before if not p.startswith(tuple(stale))} == set(tree(scenario.root))
+
+
+def test_schema1_manifests_mark_their_fs_layers(
+    tmp_path: Path, oci_layout: OCILayout, skopeo: str
+) -> None:
+    """Legacy signed schema1 (stored by Go without its signatures): fsLayers are marked."""
+    layout = oci_layout
+    pushed = {
+        name: layout.image(
+            [layout.layer(200 + 2 * i, 3_000), layout.layer(201 + 2 * i, 2_000)], seed=200 + i
+        )
+        for i, name in enumerate(("kept", "retagged", "current", "deleted"))
+    }
+    for name, image in pushed.items():
+        layout.tag(name, image)
+    reg = GoRegistry(
+        tmp_path / "root",
+        workdir=tmp_path / "reg",
+        extra={"compatibility": {"schema1": {"enabled": True}}},
+    )
+    repo = "legacy/app"
+    with reg:
+        tagged = {push(reg, layout.path, "kept", repo, "v1", fmt="v2s1")}
+        push(reg, layout.path, "retagged", repo, "v2", fmt="v2s1")
+        tagged.add(push(reg, layout.path, "current", repo, "v2", fmt="v2s1"))
+        reg.delete_manifest(repo, push(reg, layout.path, "deleted", repo, "tmp", fmt="v2s1"))
+        assert reg.get_manifest(repo, "v1").media_type == SCHEMA1_SIGNED
+    lost = {d.digest for d in pushed["deleted"].layers}
+    untagged_lost = {d.digest for d in pushed["retagged"].layers}
+    root = tmp_path / "root"
+    for delete_untagged in (False, True):
+        flags = ["--delete-untagged"] if delete_untagged else []
+        go = reg.garbage_collect(delete_untagged=delete_untagged)
+        run = layergc_sweep(
+            tmp_path / f"lg{delete_untagged}",
+            "--root",
+            str(root),
+            "--dry-run",
+            "--grace",
+            "0s",
+            *flags,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.blobs("would-delete") == go.blobs
+        assert run.manifests("would-delete") == go.manifests
+        assert lost < go.blobs
+        assert (untagged_lost < go.blobs) == delete_untagged
+    run = layergc_sweep(
+        tmp_path / "lg",
+        "--root",
+        str(root),
+        "--delete-untagged",
+        "--grace",
+        "0s",
+        "--settle",
+        "0s",
+    )
+    assert run.returncode == 0, run.stderr
+    (retagged,) = run.manifests("deleted")  # the one revision v2 no longer names
+    assert retagged[1] not in tagged
+    assert lost | untagged_lost < run.blobs("deleted")
+    with reg:
+        for tag in ("v1", "v2"):
+            assert pull_and_verify(reg, repo, tag)
+    go = reg.garbage_collect(delete_untagged=True)
+    assert (go.blobs, go.manifests) == (set(), set())
 
 
 # --- exit status --------------------------------------------------------------------------------
