@@ -6,12 +6,14 @@ import hashlib
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from layergc.storage import hashstate as hs
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["openssl", "python"]
 LENGTHS = [0, 1, 3, 55, 56, 63, 64, 65, 111, 112, 119, 127, 128, 129, 191, 255, 256, 1000, 4099]
 
@@ -134,6 +136,31 @@ def test_states_match_go_byte_for_byte(backend: str, algorithm: str, n: int, exp
     assert resumed.algorithm == algorithm
     resumed.update(GO_DATA[n:])
     assert resumed.hexdigest() == hashlib.new(algorithm, GO_DATA).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["sha224", "sha256", "sha384", "sha512"])
+def test_both_backends_write_the_same_state_bytes(algorithm: str) -> None:
+    rng = random.Random(algorithm)
+    for n in LENGTHS:
+        data = rng.randbytes(n)
+        assert (
+            hs.new(algorithm, data, backend="openssl").marshal()
+            == hs.new(algorithm, data, backend="python").marshal()
+        )
+
+
+def test_falls_back_to_python_without_libcrypto() -> None:
+    script = (
+        "import ctypes.util, hashlib\n"
+        "ctypes.util.find_library = lambda name: None\n"
+        "from layergc.storage import hashstate\n"
+        "assert hashstate.BACKEND == 'python', hashstate.BACKEND\n"
+        "h = hashstate.new('sha256', b'abc')\n"
+        "h = hashstate.unmarshal(h.marshal())\n"
+        "h.update(b'def')\n"
+        "assert h.hexdigest() == hashlib.sha256(b'abcdef').hexdigest()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)
 
 
 def test_go_state_sizes() -> None:
