@@ -393,6 +393,18 @@ def test_resume_an_upload_laid_out_by_the_go_registry(driver: StorageDriver) -> 
     assert layer.read() == GO_DATA
 
 
+def test_resume_an_upload_with_only_startedat(driver: StorageDriver) -> None:
+    """The Go registry on S3 has no data object before the first PATCH."""
+    uuid = "0b3c1d2e-aaaa-4bbb-8ccc-0123456789ab"
+    driver.put_content(paths.upload_started_at("foo/bar", uuid), b"2026-11-19T05:34:45.5+01:00")
+    layers = Registry(driver).repository("foo/bar").layers()
+    upload = layers.resume(uuid)
+    assert upload.tell() == 0
+    assert upload.started_at == datetime(2026, 11, 19, 4, 34, 45, 500000, tzinfo=UTC)
+    upload.write(b"first bytes")
+    assert upload.finish(sha256(b"first bytes")).read() == b"first bytes"
+
+
 GO_VECTOR_0 = bytes.fromhex(
     "736861036a09e667bb67ae853c6ef372a54ff53a510e527f9b05688c1f83d9ab5be0cd19" + "00" * 72
 )

@@ -280,7 +280,12 @@ def resume_upload(
         # A broken timestamp must not make the data unreachable: use the file's time.
         started_at = driver.stat(started_path).mod_time
         log.warning("unreadable startedat", extra={"repository": repo, "uuid": uuid})
-    writer = driver.writer(paths.upload_data(repo, uuid), append=True)
+    data_path = paths.upload_data(repo, uuid)
+    try:
+        writer = driver.writer(data_path, append=True)
+    except PathNotFound:
+        # Nothing written yet, and a driver (S3) that only has data once written.
+        writer = driver.writer(data_path, append=False)
     size = writer.size
     hashers: dict[str, hashstate.ResumableHash] = {}
     reread = 0
