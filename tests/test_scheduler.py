@@ -84,7 +84,7 @@ class FakeRun:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(
-        self, settings: Settings, *, mode: str, stop: threading.Event, index: Any, run_hook: Any
+        self, settings: Settings, *, mode: str, stop: threading.Event, index: Any
     ) -> dict[str, Any]:
         call = Call(settings.replica_id, mode, current_slot(), time.monotonic())
         with self.lock:
@@ -161,8 +161,7 @@ def metric(metrics: Metrics, name: str, **labels: str) -> float:
 
 def test_interval_runs_on_schedule(tmp_path: Path) -> None:
     fake = FakeRun()
-    metrics = Metrics()
-    with running(make_settings(tmp_path), fake, metrics=metrics) as r:
+    with running(make_settings(tmp_path), fake) as r:
         time.sleep(3.6)
     assert r.result == [0]
     slots = fake.slots()
@@ -172,7 +171,6 @@ def test_interval_runs_on_schedule(tmp_path: Path) -> None:
     assert [(b - a).total_seconds() for a, b in itertools.pairwise(slots)] == [1.0] * (
         len(slots) - 1
     )
-    assert metric(metrics, "layergc_runs_total", mode="sweep", outcome="succeeded") == len(slots)
 
 
 def test_purge_job_runs_in_purge_mode(tmp_path: Path) -> None:
@@ -217,6 +215,30 @@ def test_cron_schedule(tmp_path: Path) -> None:
         nxt = job.next_run_time
         assert nxt.minute % 5 == 0 and nxt.second == 0
         assert timedelta(0) < nxt - datetime.now(UTC) <= timedelta(minutes=5)
+
+
+def test_default_run_fn_is_the_real_sweep(tmp_path: Path) -> None:
+    """Without run_fn, serve runs layergc.gc.run.run_sweep: runs recorded in the index."""
+    from layergc.metrics import METRICS
+
+    def succeeded() -> float:
+        return metric(METRICS, "layergc_runs_total", mode="sweep", outcome="succeeded")
+
+    before = succeeded()
+    settings = make_settings(tmp_path)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings,), kwargs={"stop": stop})
+    thread.start()
+    try:
+        wait_for(lambda: succeeded() >= before + 2, timeout=20)
+    finally:
+        stop.set()
+        thread.join(40)
+    index = open_index(settings.db)
+    runs = index.runs()
+    index.close()
+    assert len(runs) >= 2 and {r.mode for r in runs} == {"sweep"}
+    assert {r.status for r in runs} <= {"succeeded", "interrupted"}
 
 
 # --- persistence and misfires ------------------------------------------------------------
@@ -308,15 +330,17 @@ def test_two_replicas_run_each_slot_once(tmp_path: Path) -> None:
 def test_waiting_replica_takes_over_an_expired_lease(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, lease_ttl="2s")
     index = open_index(settings.db)
-    # A replica that died holding the lease (kill -9): nobody renews it.
+    # A replica on another host died (kill -9) holding the lease, its run "running".
     assert index.acquire_lease(LEASE_NAME, "ghost", 3) is not None
     expiry = time.monotonic() + 3
+    dead_run = index.start_run("sweep", dry_run=False, host="elsewhere", pid=1)
     fake = FakeRun()
     with running(settings, fake):
         wait_for(lambda: fake.calls, timeout=10)
     first = fake.calls[0]
     assert first.start >= expiry - 0.3  # not before the dead holder's lease expired
     assert first.start <= expiry + 2  # within a poll of the expiry
+    assert index.run(dead_run).status == "interrupted"  # the new holder recorded it
     index.close()
 
 
@@ -377,7 +401,6 @@ def test_lost_lease_stops_the_run(tmp_path: Path) -> None:
         wait_for(lambda: metric(metrics, "layergc_lease_held") == 0, timeout=5)
         slots = SlotBook(r.replica.index.engine)
         assert slots.done(SWEEP_JOB_ID) == -1  # an interrupted run does not mark its slot
-    assert metric(metrics, "layergc_runs_total", mode="sweep", outcome="interrupted") == 1
 
 
 def test_same_replica_id_twice_still_excludes(tmp_path: Path) -> None:
@@ -411,8 +434,7 @@ def test_healthz_and_metrics_endpoint(tmp_path: Path) -> None:
         wait_for(lambda: fake.calls and fake.calls[0].end)
         with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
             body = resp.read().decode()
-        assert 'layergc_runs_total{mode="sweep",outcome="succeeded"}' in body
-        assert "layergc_lease_held" in body
+        assert "layergc_lease_held " in body and "layergc_runs_total" in body
 
         real = r.replica.index
         broken = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
@@ -440,7 +462,6 @@ def test_stop_reaches_the_run_and_serve_returns_0(tmp_path: Path) -> None:
         assert time.monotonic() - began < 5
     assert r.result == [0]
     assert fake.calls[0].stopped
-    assert metric(metrics, "layergc_runs_total", mode="sweep", outcome="interrupted") == 1
     assert metric(metrics, "layergc_lease_held") == 0
     index = open_index(settings.db)
     lease = index.lease(LEASE_NAME)
@@ -483,7 +504,7 @@ def note(*words):
     with open(log_path, "a") as fh:
         fh.write(" ".join(str(w) for w in words) + "\\n")
 
-def fake(settings, *, mode, stop, index, run_hook):
+def fake(settings, *, mode, stop, index):
     slot = current_slot().timestamp()
     note("start", settings.replica_id, os.getpid(), mode, slot, time.time())
     stopped = stop.wait(run_seconds)
@@ -580,7 +601,7 @@ def test_three_replicas_on_postgres_with_kill_9(tmp_path: Path) -> None:
             lambda: any(e[0] == "end" and e[4] == victim_slot for e in events(log)),
             timeout=20,
         )
-        time.sleep(4)  # a couple more slots with two replicas
+        time.sleep(2.5)  # another slot with two replicas
     finally:
         for proc in procs.values():
             if proc.poll() is None:

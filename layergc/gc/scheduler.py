@@ -637,37 +637,35 @@ class Replica:
                 return self._skip(mode, "done")
             self.metrics.set_lease_held(True)
             self.slots.start(job_id, slot_us, self.holder, token)
+            # With the lease, no other run can be in flight: runs still "running"
+            # belong to dead runners (kill -9). Record them as interrupted.
+            try:
+                self.index.mark_stale_running_runs(older_than=datetime.now(UTC))
+            except Exception as exc:
+                log.warning("cannot mark stale runs", extra={"error": str(exc)})
             with self._registry_lock:
                 self._active_stops.add(run_stop)
                 if self.stop.is_set():
                     run_stop.set()
             log.info("scheduled run starting", extra={"lease_token": token})
             started = time.monotonic()
-            report: Mapping[str, Any] | None = None
+            # run_fn records the run's metrics itself (layergc.gc.run.run_sweep does).
             with _Heartbeat(self.index, self.holder, token, self.ttl, run_stop) as heartbeat:
                 try:
-                    report = self.run_fn(
-                        self.settings,
-                        mode=mode,
-                        stop=run_stop,
-                        index=self.index,
-                        run_hook=self.metrics.record_hook,
-                    )
+                    report = self.run_fn(self.settings, mode=mode, stop=run_stop, index=self.index)
                     outcome = str((report or {}).get("status") or "succeeded")
                 except Exception:
                     log.exception("scheduled run raised")
                     outcome = "error"
             if heartbeat.lost and outcome == "succeeded":
                 outcome = "interrupted"
-            duration = time.monotonic() - started
-            self.metrics.record_run(report, mode, outcome, duration)
             # Ran to its end ("failed" means per-object errors): this slot is done.
             ended = outcome in ("succeeded", "failed")
             if ended and not self.slots.finish(job_id, slot_us, self.holder, token):
                 log.warning("slot not recorded: the lease moved on during the run")
             log.info(
                 "scheduled run finished",
-                extra={"outcome": outcome, "duration_s": round(duration, 3)},
+                extra={"outcome": outcome, "duration_s": round(time.monotonic() - started, 3)},
             )
             return outcome
         finally:
