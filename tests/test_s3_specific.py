@@ -385,6 +385,7 @@ def test_part_lists_are_paginated(small_parts: S3Driver) -> None:
 # --- listing and deleting at scale -------------------------------------------------------
 
 
+@pytest.mark.slow  # a thousand puts to moto: 5-25 s, as busy as the machine is
 def test_more_than_a_thousand_keys(moto_server: MotoServer, s3_bucket: str) -> None:
     """Listings page past S3's 1,000 keys a page; deletes batch 1,000 keys a call."""
     driver = make_s3_driver(moto_server, s3_bucket)

@@ -43,7 +43,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -298,8 +298,9 @@ class S3Driver(StorageDriver):
                 0,
                 MAX_PART_SIZE,
             ),
+            # Go's bound on parallel part copies; here it bounds every parallel step.
             "max_pool": _param_int(
-                params, "multipartcopymaxconcurrency", DEFAULT_MAX_POOL, 1, 1 << 16
+                params, "multipartcopymaxconcurrency", DEFAULT_MAX_POOL, 1, 1000
             ),
         }
         kwargs.update(overrides)
@@ -381,14 +382,17 @@ class S3Driver(StorageDriver):
             slots.release()
 
         futures: list[Future[Any]] = []
-        for task in tasks:
-            slots.acquire()
-            if failed.is_set():
-                slots.release()
-                break
-            future = pool.submit(task)
-            future.add_done_callback(done)
-            futures.append(future)
+        try:
+            for task in tasks:  # may list as it goes, and fail
+                slots.acquire()
+                if failed.is_set():
+                    slots.release()
+                    break
+                future = pool.submit(task)
+                future.add_done_callback(done)
+                futures.append(future)
+        finally:
+            wait(futures)
         errors = [e for e in (f.exception() for f in futures) if e is not None]
         if errors:
             raise errors[0]

@@ -3,21 +3,30 @@
 `MotoServer` starts `moto_server` as a subprocess on a free port, waits until it
 answers, and stops it by the PID it started (its own process group, because the
 pyenv shim may fork before the real server runs). Its stderr is the werkzeug
-request log, one line per HTTP request, which `requests()` parses so that tests
-and benchmarks can count what a client really sent:
+request log, one line per HTTP request from any client (layergc, boto3, the Go
+registry), which `requests()` parses so that tests and benchmarks can count
+what was really sent:
 
     with MotoServer() as server:
         bucket = server.create_bucket()
+        driver = make_s3_driver(server, bucket, rootdirectory="/root")
         mark = server.log_mark()
-        ...                                   # talk to server.endpoint_url
-        ops = server.request_counts(since=mark)   # Counter({"ListObjectsV2": 3, ...})
+        ...
+        ops = server.request_counts(since=mark, bucket=bucket)  # Counter by operation
+
+`registry_storage_config(bucket)` is the `storage.s3` section for a Go registry
+config (and for `S3Driver.from_registry_config`); `plain_http_env()` is the
+environment for a subprocess that talks to the server (dummy credentials, no
+AWS_CA_BUNDLE, which Go's SDK refuses to start with).
 
 moto keeps everything in memory: drop buckets you no longer need
-(`drop_bucket`), especially after writing large objects.
+(`drop_bucket`), especially after large objects. Each request costs it a few
+milliseconds (more on a busy machine), and listings slow down as a bucket grows.
 
 moto enforces S3's 5 MiB minimum for every multipart part but the last, read
 from S3_UPLOAD_PART_MIN_SIZE when the server starts; `min_part_size` lowers it
-so tests can use small parts (the smallest moto accepts is 1 byte).
+(moto accepts down to 1 byte) so tests can use small parts. It does not page
+ListMultipartUploads (every upload comes in one answer).
 """
 
 from __future__ import annotations
@@ -115,8 +124,9 @@ def parse_log_line(line: str) -> LoggedRequest | None:
 def plain_http_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """An environment for a subprocess that talks plain HTTP to the server.
 
-    Go's AWS SDK refuses to start when AWS_CA_BUNDLE is set (it insists on
-    loading it for every endpoint), so it is removed; dummy credentials are set."""
+    With AWS_CA_BUNDLE set, the Go registry's s3 driver fails at start
+    (LoadCustomCABundleError, whatever the bundle), so it is removed; dummy
+    credentials are set."""
     env = dict(os.environ if base is None else base)
     env.pop("AWS_CA_BUNDLE", None)
     env.update(
