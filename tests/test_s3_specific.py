@@ -469,6 +469,27 @@ def test_delete_stops_listing_past_the_subtree(moto_server: MotoServer, s3_bucke
     driver.close()
 
 
+def test_walk_fetches_pages_as_it_goes(moto_server: MotoServer, s3_bucket: str) -> None:
+    """A walk is one flat listing fetched a page at a time: what is deleted
+    before its page is fetched is not reported; what was on a page already
+    fetched still is (acting on it finds it gone)."""
+    driver = make_s3_driver(moto_server, s3_bucket, list_max=5)  # 20 keys: four pages
+    for i in range(20):
+        driver.put_content(f"/w/d{i:02}/f", b"x")
+    seen = []
+    for info in driver.walk("/w"):
+        seen.append(info.path)
+        if info.path == "/w/d00":
+            for i in (3, 15):
+                driver.delete(f"/w/d{i:02}")
+    assert "/w/d03/f" in seen  # on the first page, fetched before the delete
+    assert "/w/d15/f" not in seen  # on the fourth
+    assert len([p for p in seen if p.endswith("/f")]) == 19
+    with pytest.raises(PathNotFound):
+        driver.stat("/w/d03/f")
+    driver.close()
+
+
 # --- multipart uploads left behind ----------------------------------------------------------
 
 
