@@ -42,6 +42,8 @@ class Quarantine:
     def restore(self, path: str) -> None:
         """Put `path` back, unless the registry wrote it again meanwhile (keep the new one)."""
         held = self.location(path)
+        if not self.driver.exists(held):
+            return  # never held (it was gone), or already back
         if self.driver.exists(path):
             _delete_quietly(self.driver, held)
             return

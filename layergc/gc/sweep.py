@@ -43,7 +43,7 @@ import socket
 import subprocess
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -360,11 +360,14 @@ class Sweeper:
             key = f"{repo}@{digest}"
             eligible = self._old_enough(first_seen.get(key, now), now)
             if eligible:
+                link_path = paths.manifest_revision_link(repo, digest)
                 try:
-                    link = self.driver.stat(paths.manifest_revision_link(repo, digest))
-                    eligible = self._old_enough(link.mod_time, now)
+                    eligible = self._old_enough(self.driver.stat(link_path).mod_time, now)
                 except PathNotFound:
                     eligible = False  # deleted meanwhile: nothing to do
+                except StorageDriverError as exc:  # one object, not the run
+                    eligible = False
+                    report.error("stat-failed", f"cannot stat {link_path}: {exc}", link_path)
             if mark.blob_deletion_blocked:
                 eligible = False
             action = WOULD_DELETE if eligible else DEFERRED
@@ -380,7 +383,7 @@ class Sweeper:
         self, report: Report, mark: scan.MarkResult, kept: set[Digest], now: datetime
     ) -> list[Doomed]:
         unreferenced = [d for d in mark.unreferenced if d not in kept]
-        infos = self._stat_blobs(unreferenced, mark.layer_links)
+        infos = self._stat_blobs(unreferenced, mark.layer_links, report)
         first_seen = self.index.observe_unreferenced(
             report.run_id,
             "blob",
@@ -393,7 +396,8 @@ class Sweeper:
         if mark.blob_deletion_blocked:
             report.blob_deletion_blocked = True
             report.warnings.append(
-                "blob deletion is blocked for this run: a manifest could not be parsed"
+                "blob deletion is blocked for this run: a manifest could not be parsed or "
+                "something under repositories/ could not be read (see errors)"
             )
         for digest in unreferenced:
             if digest not in infos:
@@ -416,32 +420,38 @@ class Sweeper:
         return doomed
 
     def _stat_blobs(
-        self, digests: list[Digest], layer_links: dict[Digest, list[str]]
+        self, digests: list[Digest], layer_links: Mapping[Digest, list[str]], report: Report
     ) -> dict[Digest, tuple[int, bool]]:
         """Size of each blob, and whether its data and every layer link to it are
-        older than the grace window. Only garbage candidates are ever stat'ed."""
+        older than the grace window. Only garbage candidates are ever stat'ed; one
+        that cannot be (a storage error, a symlink) is reported and left alone."""
         now = _now()
 
-        def one(digest: Digest) -> tuple[Digest, tuple[int, bool] | None]:
+        def one(digest: Digest) -> tuple[Digest, tuple[int, bool] | str | None]:
+            path = paths.blob_data(digest)
             try:
-                info = self.driver.stat(paths.blob_data(digest))
+                info = self.driver.stat(path)
+                old = self._old_enough(info.mod_time, now)
+                for repo in layer_links.get(digest, ()):
+                    if not old:
+                        break
+                    path = paths.layer_link(repo, digest)
+                    try:
+                        old = self._old_enough(self.driver.stat(path).mod_time, now)
+                    except PathNotFound:
+                        continue
             except PathNotFound:
                 return digest, None
-            old = self._old_enough(info.mod_time, now)
-            for repo in layer_links.get(digest, ()):
-                if not old:
-                    break
-                try:
-                    link = self.driver.stat(paths.layer_link(repo, digest))
-                    old = self._old_enough(link.mod_time, now)
-                except PathNotFound:
-                    continue
+            except StorageDriverError as exc:
+                return digest, f"cannot stat {path}: {exc}"
             return digest, (info.size, old)
 
         results: dict[Digest, tuple[int, bool]] = {}
         with ThreadPoolExecutor(max_workers=self.options.workers) as pool:
             for digest, value in pool.map(one, digests):
-                if value is not None:
+                if isinstance(value, str):
+                    report.error("stat-failed", value, paths.blob_dir(digest))
+                elif value is not None:
                     results[digest] = value
         return results
 
@@ -468,13 +478,13 @@ class Sweeper:
 
     def _delete(self, report: Report, mark: scan.MarkResult, doomed: list[Doomed]) -> None:
         quarantine = Quarantine(self.driver, report.run_id)
-        for item in doomed:
-            item.units = self._units(item, mark)
         for kind in ("blob", "manifest"):
             keys = [d.key for d in doomed if d.kind == kind]
             if keys:
                 self.index.set_state(kind, keys, "quarantined", quarantine_path=quarantine.root)
         try:
+            for item in doomed:
+                item.units = self._units(item, mark)
             # (1) quarantine
             for item in doomed:
                 self._check_stop()
@@ -497,14 +507,17 @@ class Sweeper:
                 reference_cache=self._reference_cache(),
             )
             if remark.blob_deletion_blocked:
-                raise _Abort("a manifest written during the sweep cannot be parsed")
+                for err in remark.errors:
+                    if err.blocking:
+                        report.error(err.kind, err.message, err.path, repository=err.repository)
+                raise _Abort("the re-check could not read or parse everything (see errors)")
             needed = remark.marked
             kept_manifests = {(m.repository, m.digest) for m in remark.manifests if m.kept}
             crash_point("recheck")
         except Exception as exc:  # restore on anything, then decide how to report
             self._restore_all(quarantine, doomed, report)
-            if isinstance(exc, _Abort | HookFailed):
-                report.error("delete-aborted", f"{exc}; everything was restored")
+            if isinstance(exc, _Abort | HookFailed | StorageDriverError):
+                report.error("delete-aborted", f"{exc}; the quarantine was restored")
                 return
             raise
         # (4) delete the rest
@@ -560,8 +573,8 @@ class Sweeper:
     def _restore_all(self, quarantine: Quarantine, doomed: list[Doomed], report: Report) -> None:
         for item in doomed:
             for unit in item.units:
-                quarantine.restore(unit)
-        quarantine.close()
+                self._restore(quarantine, unit, report)
+        self._close(quarantine, report)
         for kind in ("blob", "manifest"):
             keys = [d.key for d in doomed if d.kind == kind]
             if keys:
@@ -569,6 +582,30 @@ class Sweeper:
         for entry in report.blobs + report.manifests:
             if entry["action"] == WOULD_DELETE:
                 entry["action"] = FAILED if report.status != "interrupted" else DEFERRED
+
+    def _restore(self, quarantine: Quarantine, unit: str, report: Report) -> bool:
+        """Put one unit back; a storage error leaves it in quarantine, where the
+        next run finds it and puts it back first thing (restore_leftovers)."""
+        try:
+            quarantine.restore(unit)
+        except StorageDriverError as exc:
+            report.error(
+                "restore-failed",
+                f"{exc}; left in quarantine, the next run puts it back",
+                quarantine.location(unit),
+            )
+            return False
+        return True
+
+    def _close(self, quarantine: Quarantine, report: Report) -> None:
+        """Remove this run's quarantine folder, unless something that must go back
+        is still in it (a failed restore): the next run restores that."""
+        if any(e["kind"] == "restore-failed" for e in report.errors):
+            return
+        try:
+            quarantine.close()
+        except StorageDriverError as exc:
+            report.error("quarantine-cleanup-failed", str(exc), quarantine.root)
 
     def _finish(
         self,
@@ -592,9 +629,9 @@ class Sweeper:
                 else (item.repository, item.digest) in kept_manifests or item.digest in needed
             )
             if restore or self.stop.is_set():
-                for unit in item.units:
-                    quarantine.restore(unit)
-                actions[(item.kind, item.key)] = KEPT if restore else DEFERRED
+                restored = [self._restore(quarantine, unit, report) for unit in item.units]
+                action = (KEPT if restore else DEFERRED) if all(restored) else FAILED
+                actions[(item.kind, item.key)] = action
                 continue
             try:
                 if item.kind == "blob":
@@ -611,7 +648,7 @@ class Sweeper:
             except StorageDriverError as exc:
                 actions[(item.kind, item.key)] = FAILED
                 report.error("delete-failed", str(exc), item.units[0])
-        quarantine.close()
+        self._close(quarantine, report)
         blob_digests = [str(d.digest) for d in deleted if d.kind == "blob"]
         if self.blob_cache is not None and blob_digests:
             self.blob_cache.forget(blob_digests)
