@@ -118,7 +118,7 @@ class Running:
 
 
 @contextmanager
-def running(settings: Settings, fake: FakeRun, **kwargs: Any) -> Iterator[Running]:
+def running(settings: Settings, fake: Any, **kwargs: Any) -> Iterator[Running]:
     """`serve` in a thread; stopped (and joined) at the end of the block."""
     stop = threading.Event()
     ready = threading.Event()
@@ -382,6 +382,23 @@ def test_next_start_finishes_an_interrupted_run(tmp_path: Path) -> None:
 
 def set_next_run_now(replica: Replica) -> None:
     replica.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=datetime.now(UTC))
+
+
+def test_a_run_that_raises_is_not_retried_in_a_loop(tmp_path: Path) -> None:
+    calls = []
+
+    def broken(settings: Settings, **kwargs: Any) -> dict[str, Any]:
+        calls.append(current_slot())
+        raise RuntimeError("storage unreachable")
+
+    settings = make_settings(tmp_path, interval="1h", lease_ttl="1s")
+    with running(settings, broken) as r:
+        set_next_run_now(r.replica)
+        wait_for(lambda: calls)
+        time.sleep(1.5)  # several watchdog polls
+        done = SlotBook(r.replica.index.engine).done(SWEEP_JOB_ID)
+    assert len(calls) == 1
+    assert done == round(calls[0].timestamp() * 1e6)
 
 
 def test_lost_lease_stops_the_run(tmp_path: Path) -> None:

@@ -35,8 +35,8 @@ are due; four things make each scheduled run happen once:
 
 Hence: a slot runs to its end at most once (every runner checks the done mark
 under the lease), and at least once while some replica lives. A run that
-raises is not marked done, so it is tried again by the watchdogs (each
-replica queues it once per poll at most, behind any other run).
+fails or raises counts as done (the next slot tries again; retrying at once
+would loop on a broken configuration); only an interrupted one is resumed.
 
 Start-up: a stored job whose trigger is unchanged keeps its stored next run
 time, so a run missed while every replica was down is still due: APScheduler
@@ -659,8 +659,9 @@ class Replica:
                     outcome = "error"
             if heartbeat.lost and outcome == "succeeded":
                 outcome = "interrupted"
-            # Ran to its end ("failed" means per-object errors): this slot is done.
-            ended = outcome in ("succeeded", "failed")
+            # Only an interrupted run leaves its slot to be finished. A run that failed
+            # or raised is done: retrying it at once would only fail again, in a loop.
+            ended = outcome != "interrupted"
             if ended and not self.slots.finish(job_id, slot_us, self.holder, token):
                 log.warning("slot not recorded: the lease moved on during the run")
             log.info(
