@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 from layergc.digest import ALGORITHMS, Digest
 from layergc.driver.base import StorageDriver
@@ -60,10 +62,9 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-
 Progress = Callable[[str, int, int | None], None]
 
-# Error kinds; those in BLOCKING stop blob deletion for the run.
+# Error kinds. Those reported with blocking=True stop blob deletion for the run.
 UNREADABLE = "unreadable"  # a folder or file under repositories/ that could not be read
 INVALID_REPOSITORY_NAME = "invalid-repository-name"
 INVALID_NAME = "invalid-name"  # a folder name that is not what the layout allows there
@@ -75,6 +76,13 @@ TAG_WITHOUT_REVISION = "tag-without-revision"
 UNKNOWN_ALGORITHM = "unknown-algorithm"
 BLOB_LISTING = "blob-listing"
 REFERENCE_CACHE = "reference-cache"
+
+_HEX = "0123456789abcdef"
+# Internally a digest is its hex string: the supported algorithms have hex of
+# different lengths, so the hex alone names the digest, and a str hashes in C
+# where a Digest (a Python dataclass) does not. Digests are made at the edges.
+_ALGORITHM_OF_LENGTH = {length: algorithm for algorithm, length in ALGORITHMS.items()}
+_HASHES = {algorithm: getattr(hashlib, algorithm) for algorithm in ALGORITHMS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,128 @@ class DictReferenceCache:
         self.entries.update(refs)
 
 
+# --- read-only views over hex strings --------------------------------------------
+
+
+class _Interner(dict[str, Digest]):
+    """hex -> the one Digest object made for it."""
+
+    def digest(self, hex_: str) -> Digest:
+        d = self.get(hex_)
+        if d is None:
+            d = self[hex_] = Digest(_ALGORITHM_OF_LENGTH[len(hex_)], hex_)
+        return d
+
+
+def _hex_of(item: object) -> str | None:
+    """The internal key of a Digest, None for anything else."""
+    if isinstance(item, Digest) and ALGORITHMS.get(item.algorithm) == len(item.hex):
+        return item.hex
+    return None
+
+
+class DigestSet(AbstractSet[Digest]):
+    """A read-only set of Digests, held as hex strings (100,000 Digests in a
+    real set cost a Python-level hash each)."""
+
+    __slots__ = ("_digest", "_hexes")
+
+    def __init__(self, hexes: set[str], interner: _Interner) -> None:
+        self._hexes = hexes
+        self._digest = interner.digest
+
+    def __contains__(self, item: object) -> bool:
+        return _hex_of(item) in self._hexes
+
+    def __iter__(self) -> Iterator[Digest]:
+        return map(self._digest, self._hexes)
+
+    def __len__(self) -> int:
+        return len(self._hexes)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:
+        return set(it)  # results of &, |, - are plain sets
+
+    def __repr__(self) -> str:
+        return f"<DigestSet of {len(self)}>"
+
+
+class DigestList(Sequence[Digest]):
+    """A read-only list of Digests, held as hex strings."""
+
+    __slots__ = ("_digest", "_hexes")
+
+    def __init__(self, hexes: list[str], interner: _Interner) -> None:
+        self._hexes = hexes
+        self._digest = interner.digest
+
+    @overload
+    def __getitem__(self, index: int) -> Digest: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Digest]: ...
+
+    def __getitem__(self, index: int | slice) -> Digest | list[Digest]:
+        if isinstance(index, slice):
+            return [self._digest(h) for h in self._hexes[index]]
+        return self._digest(self._hexes[index])
+
+    def __iter__(self) -> Iterator[Digest]:
+        return map(self._digest, self._hexes)
+
+    def __len__(self) -> int:
+        return len(self._hexes)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<DigestList of {len(self)}>"
+
+
+class DigestMap(Mapping[Digest, list[str]]):
+    """A read-only mapping digest -> repositories, keyed by hex strings inside
+    (a value is one repository name, or a list of them)."""
+
+    __slots__ = ("_digest", "_map")
+
+    def __init__(self, mapping: dict[str, str | list[str]], interner: _Interner) -> None:
+        self._map = mapping
+        self._digest = interner.digest
+
+    def __getitem__(self, key: Digest) -> list[str]:
+        value = self._map.get(_hex_of(key))  # type: ignore[arg-type]
+        if value is None:
+            raise KeyError(key)
+        return [value] if isinstance(value, str) else list(value)
+
+    def get(self, key: Digest, default: Any = None) -> Any:  # type: ignore[override]
+        value = self._map.get(_hex_of(key))  # type: ignore[arg-type]
+        if value is None:
+            return default
+        return [value] if isinstance(value, str) else list(value)
+
+    def __contains__(self, key: object) -> bool:
+        return _hex_of(key) in self._map
+
+    def __iter__(self) -> Iterator[Digest]:
+        return map(self._digest, self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __repr__(self) -> str:
+        return f"<DigestMap of {len(self)}>"
+
+
+# --- the result --------------------------------------------------------------------
+
+
 @dataclass(slots=True)
 class MarkStats:
     repositories: int = 0
@@ -138,20 +268,28 @@ class MarkResult:
     repositories: list[str]
     manifests: list[ManifestEntry]  # every revision of every repository
     untagged_to_delete: list[tuple[str, Digest]]  # only with delete_untagged
-    marked: set[Digest]
-    all_blobs: list[Digest]
-    unreferenced: list[Digest]  # all_blobs that are not marked, in listing order
-    layer_links: dict[Digest, list[str]]  # digest -> repositories that link it
-    uploads: list[tuple[str, str]]  # (repository, uuid)
+    marked: AbstractSet[Digest] = field(repr=False)
+    all_blobs: Sequence[Digest] = field(repr=False)
+    unreferenced: list[Digest] = field(repr=False)  # all_blobs not marked, in listing order
+    layer_links: Mapping[Digest, list[str]] = field(repr=False)  # digest -> repositories
+    uploads: list[tuple[str, str]] = field(repr=False)  # (repository, uuid)
     errors: list[ScanError]
     blob_deletion_blocked: bool
     stats: MarkStats
-    refs: dict[Digest, ManifestRefs] = field(default_factory=dict, repr=False)
+    _refs: dict[str, ManifestRefs] = field(default_factory=dict, repr=False)
+
+    def references(self, digest: Digest) -> ManifestRefs | None:
+        """What manifest `digest` references, if the mark read it."""
+        hex_ = _hex_of(digest)
+        return None if hex_ is None else self._refs.get(hex_)
 
     def closure(self, manifests: Iterable[Digest]) -> set[Digest]:
         """Every digest that keeping `manifests` keeps: themselves, their blobs,
         their children and, recursively, what the children reference."""
-        return _expand(manifests, self.refs.get, set())
+        interner = _Interner()
+        roots = [h for h in map(_hex_of, manifests) if h is not None]
+        marked = _expand(roots, self._refs.get, self._refs.__contains__, set())
+        return {interner.digest(h) for h in marked}
 
 
 def mark(
@@ -165,9 +303,10 @@ def mark(
     """Mark what the storage behind `driver` keeps. Never writes; never raises
     for a bad object (see `errors` and `blob_deletion_blocked`).
 
-    `workers` > 1 reads repositories and manifests from a thread pool: it pays
-    on stores with per-request latency (S3); on a local disk the GIL makes a
-    single thread fastest. The default picks by driver.
+    `progress(phase, done, total)` is called now and then. `workers` > 1 reads
+    repositories and manifests from a thread pool: it pays on stores with
+    per-request latency (S3); on a local disk the GIL makes one thread fastest,
+    and the default picks by driver.
     """
     if workers is None:
         workers = 1 if driver.name in _LOCAL_DRIVERS else 16
@@ -179,7 +318,7 @@ _LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 _BATCH = 512
 
 
-# --- per-repository state ------------------------------------------------------
+# --- the marker --------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -187,26 +326,31 @@ class _Repository:
     name: str
     markers: frozenset[str]
     valid: bool
-    # Revision digest -> True when it must be kept whatever the tags say.
-    revisions: dict[Digest, bool] = field(default_factory=dict)
-    tagged: set[Digest] = field(default_factory=set)
-    extra_roots: list[Digest] = field(default_factory=list)
+    # Revision hex -> True when it must be kept whatever the tags say.
+    revisions: dict[str, bool] = field(default_factory=dict)
+    tagged: set[str] = field(default_factory=set)
+    extra_roots: list[str] = field(default_factory=list)
     uncertain: bool = False  # something unreadable: keep every revision
-    layers: list[Digest] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     tags: int = 0
 
 
 class _Missing:
-    """Sentinel: the manifest blob does not exist."""
+    """Sentinel: the blob does not exist."""
 
 
 class _Unparseable:
-    """Sentinel: the manifest blob exists but cannot be parsed."""
+    """Sentinel: the manifest blob exists but cannot be read or parsed."""
+
+
+class _Gone:
+    """Sentinel: the link file does not exist."""
 
 
 MISSING = _Missing()
 UNPARSEABLE = _Unparseable()
+_GONE = _Gone()
 _Loaded = ManifestRefs | _Missing | _Unparseable
 
 
@@ -227,13 +371,12 @@ class _Marker:
         self.errors: list[ScanError] = []
         self.blocked = False
         self.stats = MarkStats()
-        # One Digest object per hex string (the hex length tells the algorithm
-        # apart): saves memory and makes set lookups hit on identity.
-        self.intern: dict[str, Digest] = {}
-        self.loaded: dict[Digest, _Loaded] = {}
-        self.all_blobs: list[Digest] = []
-        self.listed_blobs: set[Digest] | None = None
-        self.owner: dict[Digest, str] = {}  # a repository holding each manifest, for reports
+        self.interner = _Interner()
+        self.digest = self.interner.digest
+        self.blob_hexes: list[str] = []
+        self.listed: set[str] | None = None
+        self.loaded: dict[str, _Loaded] = {}
+        self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
 
     # --- errors & plumbing -------------------------------------------------------
 
@@ -256,27 +399,16 @@ class _Marker:
     def list_dirs(
         self, path: str, repository: str | None, *, blocking: bool = True
     ) -> list[str] | None:
-        """Names of the sub-folders of `path`; [] if it is gone; None (reported)
+        """Names of the sub-folders of `path`: [] if it is gone, None (reported)
         if it cannot be read."""
         try:
             return [name for name, is_dir in self.driver.list_entries(path) if is_dir]
         except PathNotFound:
             return []  # never there, or removed while we look (a concurrent delete)
-        except Exception as exc:  # any failure is reported, never fatal
+        except Exception as exc:  # any failure is an entry in the report, never fatal
             kind = UNREADABLE if blocking else BLOB_LISTING
             self.error(kind, path, repository, f"cannot list {path}: {exc}", blocking=blocking)
             return None
-
-    def digest(self, algorithm: str, hex_: str) -> Digest | None:
-        """The Digest for a folder name, or None when the name is not one."""
-        d = self.intern.get(hex_)
-        if d is not None and d.algorithm == algorithm:
-            return d
-        length = ALGORITHMS.get(algorithm)
-        if length is None or len(hex_) != length or hex_.strip("0123456789abcdef"):
-            return None
-        d = self.intern[hex_] = Digest(algorithm, hex_)
-        return d
 
     def pool_map(self, fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
         if self.workers == 1 or len(items) < 2:
@@ -294,58 +426,60 @@ class _Marker:
     def run(self) -> MarkResult:
         started_at = datetime.now(UTC)
         t = time.perf_counter()
-        all_blobs = self.all_blobs = self.list_blobs()
+        # Blobs first: a blob written after its listing is simply not a
+        # candidate, and the listing doubles as the manifests' existence check.
+        self.blob_hexes = self.list_blobs()
         t = self.timed("blobs", t)
         repos = self.find_repositories()
         t = self.timed("repositories", t)
-        for done, _repo in enumerate(self.pool_map(self.scan_repository, repos), 1):
-            if done % 200 == 0:
+        for done, _ in enumerate(self.pool_map(self.scan_repository, repos), 1):
+            if done % 250 == 0:
                 self.report("repositories", done, len(repos))
         self.report("repositories", len(repos), len(repos))
         t = self.timed("links", t)
         self.load_refs(self.wanted_manifests(repos))
         t = self.timed("manifests", t)
         entries, to_delete, kept = self.keep(repos)
-        marked = _expand(kept, self.refs_for, set())
-        unreferenced = [d for d in all_blobs if d not in marked]
+        marked = _expand(kept, self.refs_for, self.loaded.__contains__, set())
+        unreferenced = [self.digest(h) for h in self.blob_hexes if h not in marked]
         self.timed("closure", t)
-        return self.result(started_at, repos, entries, to_delete, marked, all_blobs, unreferenced)
+        return self.result(started_at, repos, entries, to_delete, marked, unreferenced)
 
-    def list_blobs(self) -> list[Digest]:
+    def list_blobs(self) -> list[str]:
         """Every blob folder `blobs/<alg>/<xx>/<hex>`, by name alone."""
-        blobs: list[Digest] = []
-        algorithms = self.list_dirs(paths.BLOBS, None, blocking=False) or []
-        for algorithm in sorted(algorithms):
+        hexes: list[str] = []
+        intern = sys.intern  # one string per hex, shared with links and manifests
+        for algorithm in sorted(self.list_dirs(paths.BLOBS, None, blocking=False) or []):
             base = paths.blob_algorithm_dir(algorithm)
-            if algorithm not in ALGORITHMS:
-                self.error(
-                    INVALID_NAME,
-                    base,
-                    None,
-                    f"blob folder of unsupported algorithm {algorithm!r}: never deleted",
-                    blocking=False,
-                )
+            length = ALGORITHMS.get(algorithm)
+            if length is None:
+                self.invalid(base, None, f"blob folder of unsupported algorithm {algorithm!r}")
                 continue
-            prefixes = self.list_dirs(base, None, blocking=False) or []
-            for i, prefix in enumerate(sorted(prefixes)):
+            prefixes = sorted(self.list_dirs(base, None, blocking=False) or [])
+            for i, prefix in enumerate(prefixes):
                 folder = f"{base}/{prefix}"
+                if len(prefix) != 2 or prefix.strip(_HEX):
+                    self.invalid(folder, None, f"blob prefix folder {prefix!r}")
+                    continue
                 for name in self.list_dirs(folder, None, blocking=False) or []:
-                    d = self.digest(algorithm, name)
-                    if d is None or name[:2] != prefix:
-                        self.error(
-                            INVALID_NAME,
-                            f"{folder}/{name}",
-                            None,
-                            f"blob folder {name!r} is not a {algorithm} digest of prefix "
-                            f"{prefix!r}: never deleted",
-                            blocking=False,
-                        )
-                        continue
-                    blobs.append(d)
+                    if len(name) == length and name[:2] == prefix and not name.strip(_HEX):
+                        hexes.append(intern(name))
+                    else:
+                        self.invalid(f"{folder}/{name}", None, f"blob folder {name!r}")
                 if i % 32 == 31:
-                    self.report("blobs", len(blobs), None)
-        self.report("blobs", len(blobs), len(blobs))
-        return blobs
+                    self.report("blobs", len(hexes), None)
+        self.report("blobs", len(hexes), len(hexes))
+        return hexes
+
+    def invalid(self, path: str, repository: str | None, what: str, blocking: bool = False) -> None:
+        consequence = "what it keeps is unknown" if blocking else "ignored, never deleted"
+        self.error(
+            INVALID_NAME,
+            path,
+            repository,
+            f"{what} is not a name the layout allows there: {consequence}",
+            blocking=blocking,
+        )
 
     def find_repositories(self) -> list[_Repository]:
         """Every folder under repositories/ that holds a marker folder, sorted."""
@@ -356,19 +490,18 @@ class _Marker:
             path = f"{paths.REPOSITORIES}/{name}" if name else paths.REPOSITORIES
             folders = self.list_dirs(path, name or None)
             if folders is None:
-                continue  # reported, blocking: a repository may hide below
+                continue  # reported, blocking: repositories may hide below
             markers = frozenset(f for f in folders if f in paths.REPOSITORY_MARKERS)
-            if markers:
-                if not name:
-                    self.error(
-                        INVALID_REPOSITORY_NAME,
-                        path,
-                        None,
-                        "repository folders directly in repositories/ (no name): not read",
-                        blocking=True,
-                    )
-                else:
-                    found.append(self.repository(name, path, markers))
+            if markers and not name:
+                self.error(
+                    INVALID_REPOSITORY_NAME,
+                    path,
+                    None,
+                    "repository folders directly in repositories/ (no name) cannot be read",
+                    blocking=True,
+                )
+            elif markers:
+                found.append(self.repository(name, path, markers))
             stack.extend(f"{name}/{f}" if name else f for f in folders if f not in markers)
         found.sort(key=lambda r: r.name)
         self.stats.repositories = len(found)
@@ -382,7 +515,7 @@ class _Marker:
                 path,
                 name,
                 f"repository folder {name!r} breaks the repository-name grammar: "
-                "all of its manifests are kept, nothing in it is deleted",
+                "all of its manifests are kept and nothing in it is offered for deletion",
                 blocking=False,
             )
         return _Repository(name, markers, valid)
@@ -402,52 +535,37 @@ class _Marker:
 
     def scan_revisions(self, repo: _Repository) -> None:
         name = repo.name
-        algorithms = self.list_dirs(paths.manifest_revisions_dir(name), name)
-        for algorithm in algorithms or []:
+        for algorithm in self.list_dirs(paths.manifest_revisions_dir(name), name) or []:
             folder = paths.manifest_revisions_dir(name, algorithm)
-            if algorithm not in ALGORITHMS:
-                self.error(
-                    INVALID_NAME,
-                    folder,
-                    name,
-                    f"manifest revisions of unsupported algorithm {algorithm!r} cannot be read",
-                    blocking=True,
-                )
+            length = ALGORITHMS.get(algorithm)
+            if length is None:
+                self.invalid(folder, name, f"revisions of algorithm {algorithm!r}", True)
                 continue
             for hex_ in self.list_dirs(folder, name) or []:
-                d = self.digest(algorithm, hex_)
-                if d is None:
-                    self.error(
-                        INVALID_NAME,
-                        f"{folder}/{hex_}",
-                        name,
-                        f"revision folder {hex_!r} is not a {algorithm} digest",
-                        blocking=True,
-                    )
+                if len(hex_) != length or hex_.strip(_HEX):
+                    self.invalid(f"{folder}/{hex_}", name, f"revision folder {hex_!r}", True)
                     continue
-                self.read_revision(repo, d)
+                self.read_revision(repo, sys.intern(hex_))
 
-    def read_revision(self, repo: _Repository, d: Digest) -> None:
-        path = paths.manifest_revision_link(repo.name, d)
+    def read_revision(self, repo: _Repository, hex_: str) -> None:
+        path = paths.manifest_revision_link(repo.name, self.digest(hex_))
         target = self.read_link(path, repo)
         if target is _GONE:
             return  # a deleted manifest leaves its folder without link
         if target is None:
-            repo.revisions[d] = True  # corrupt: keep what an intact link would
-            return
-        assert isinstance(target, Digest)
-        if target is not d and target != d:
+            repo.revisions[hex_] = True  # corrupt: keep what an intact link would
+        elif target != hex_:
             self.error(
                 LINK_MISMATCH,
                 path,
                 repo.name,
-                f"revision link in folder {d} holds {target}: both are kept",
+                f"revision link in folder {hex_} holds {self.digest(target)}: both are kept",
                 blocking=False,
             )
-            repo.revisions[d] = True
+            repo.revisions[hex_] = True
             repo.extra_roots.append(target)
-            return
-        repo.revisions[d] = False
+        else:
+            repo.revisions[hex_] = False
 
     def scan_tags(self, repo: _Repository) -> None:
         name = repo.name
@@ -457,13 +575,13 @@ class _Marker:
                 continue  # no current/link: the tag is not there (Go skips it too)
             repo.tags += 1
             if target is None:
-                repo.uncertain = True  # we cannot tell which manifest it tags
-                continue
-            assert isinstance(target, Digest)
-            repo.tagged.add(target)
+                repo.uncertain = True  # which manifest it tags is unknown
+            else:
+                repo.tagged.add(sys.intern(target))  # type: ignore[arg-type]
 
-    def read_link(self, path: str, repo: _Repository) -> Digest | _Gone | None:
-        """The digest a link holds; _GONE if missing; None if unreadable (reported)."""
+    def read_link(self, path: str, repo: _Repository) -> str | _Gone | None:
+        """The hex of the digest a link holds; _GONE if there is no link; None
+        if it is corrupt or unreadable (reported)."""
         try:
             content = self.driver.get_content(path)
         except PathNotFound:
@@ -472,128 +590,131 @@ class _Marker:
             self.error(UNREADABLE, path, repo.name, f"cannot read {path}: {exc}", blocking=True)
             repo.uncertain = True
             return None
+        # Fast path for a well-formed link; parse_link judges everything else.
+        algorithm, _, hex_ = content.decode("latin-1").partition(":")
+        if ALGORITHMS.get(algorithm) == len(hex_) and not hex_.strip(_HEX):
+            return hex_
         try:
             d = parse_link(path, content)
         except InvalidLink as exc:
             self.error(CORRUPT_LINK, path, repo.name, str(exc), blocking=False)
             return None
-        known = self.intern.get(d.hex)
-        if known is not None and known.algorithm == d.algorithm:
-            return known
-        self.intern[d.hex] = d
-        return d
+        return self.interner.setdefault(d.hex, d).hex
 
     def scan_layers(self, repo: _Repository) -> None:
         name = repo.name
         for algorithm in self.list_dirs(paths.layers_dir(name), name) or []:
             folder = paths.layers_dir(name, algorithm)
-            if algorithm not in ALGORITHMS:
-                self.error(
-                    INVALID_NAME,
-                    folder,
-                    name,
-                    f"layer links of unsupported algorithm {algorithm!r}: ignored",
-                    blocking=False,
-                )
+            length = ALGORITHMS.get(algorithm)
+            if length is None:
+                self.invalid(folder, name, f"layer links of algorithm {algorithm!r}")
                 continue
+            layers = repo.layers
             for hex_ in self.list_dirs(folder, name) or []:
-                d = self.digest(algorithm, hex_)
-                if d is None:
-                    self.error(
-                        INVALID_NAME,
-                        f"{folder}/{hex_}",
-                        name,
-                        f"layer link folder {hex_!r} is not a {algorithm} digest: ignored",
-                        blocking=False,
-                    )
-                    continue
-                repo.layers.append(d)
+                if len(hex_) == length and not hex_.strip(_HEX):
+                    layers.append(sys.intern(hex_))
+                else:
+                    self.invalid(f"{folder}/{hex_}", name, f"layer link folder {hex_!r}")
 
     # --- manifests -------------------------------------------------------------
 
-    def wanted_manifests(self, repos: list[_Repository]) -> list[Digest]:
+    def wanted_manifests(self, repos: list[_Repository]) -> list[str]:
         owner = self.owner
         for repo in repos:
             for group in (repo.revisions, repo.tagged, repo.extra_roots):
-                for d in group:
-                    owner.setdefault(d, repo.name)
+                for hex_ in group:
+                    owner.setdefault(hex_, repo.name)
         return list(owner)
 
-    def load_refs(self, digests: list[Digest]) -> None:
-        """Fill self.loaded for `digests`: from the cache, else read and parse."""
-        todo = [d for d in digests if d not in self.loaded]
+    def load_refs(self, hexes: list[str]) -> None:
+        """Fill self.loaded for `hexes`: from the cache, else read and parse."""
+        loaded = self.loaded
+        todo = [h for h in hexes if h not in loaded]
         if not todo:
             return
-        cached = self.cache_get(todo)
+        cached = self.cache_get([self.digest(h) for h in todo])
         if cached:
             listed = self.blob_set()
             for d, refs in cached.items():
                 # The listing stands for an existence check; a blob not listed
-                # (pushed since, or read through an overlay) is checked directly.
-                if d in listed or self.blob_exists(d):
-                    self.loaded[d] = refs
+                # (written since, or read through an overlay) is checked directly.
+                if d.hex in listed or self.blob_exists(d):
+                    loaded[d.hex] = refs
             self.stats.manifests_cached += len(cached)
-        todo = [d for d in todo if d not in self.loaded]
+            todo = [h for h in todo if h not in loaded]
         parsed: dict[Digest, ManifestRefs] = {}
         for start in range(0, len(todo), _BATCH):
             batch = todo[start : start + _BATCH]
-            for d, outcome in zip(batch, self.pool_map(self.read_manifest, batch), strict=True):
-                self.loaded[d] = outcome
+            for h, outcome in zip(batch, self.pool_map(self.read_manifest, batch), strict=True):
+                loaded[h] = outcome
                 if isinstance(outcome, ManifestRefs):
-                    parsed[d] = outcome
+                    parsed[self.digest(h)] = outcome
             self.report("manifests", min(start + _BATCH, len(todo)), len(todo))
         self.stats.manifests_parsed += len(parsed)
         if parsed:
             self.cache_put(parsed)
 
-    def read_manifest(self, d: Digest) -> _Loaded:
+    def read_manifest(self, hex_: str) -> _Loaded:
+        d = self.digest(hex_)
         path = paths.blob_data(d)
+        repository = self.owner.get(hex_)
         try:
-            content = self.driver.get_content(path)
+            content = self.read_bounded(path)
         except PathNotFound:
             return MISSING
         except Exception as exc:
             self.error(
-                UNREADABLE,
-                path,
-                self.owner.get(d),
-                f"cannot read manifest {d}: {exc}",
-                blocking=True,
+                UNREADABLE, path, repository, f"cannot read manifest {d}: {exc}", blocking=True
             )
             return UNPARSEABLE
         try:
-            if hashlib.new(d.algorithm, content).hexdigest() != d.hex:
-                raise InvalidManifest("content does not match its digest (corrupt blob)")
-            return manifests.references(content, intern=self.intern)
+            if _HASHES[d.algorithm](content).hexdigest() != hex_:
+                raise InvalidManifest("its content does not match its digest (corrupt blob)")
+            return manifests.references(content, intern=self.interner)
         except InvalidManifest as exc:
             self.error(
                 UNPARSEABLE_MANIFEST,
                 path,
-                self.owner.get(d),
+                repository,
                 f"manifest {d} cannot be parsed, blob deletion is blocked: {exc}",
                 blocking=True,
             )
             return UNPARSEABLE
 
-    def refs_for(self, d: Digest) -> ManifestRefs | None:
+    def read_bounded(self, path: str) -> bytes:
+        """A manifest's bytes, at most one more than the largest one we parse.
+
+        A hostile link can name a multi-GB layer as a manifest. On a remote
+        store reading it whole would cost the whole download, so only the head
+        is read; on a local disk get_content is much cheaper than a reader and
+        such a file costs a passing spike of memory before it is refused."""
+        if self.workers == 1 and self.driver.name in _LOCAL_DRIVERS:
+            return self.driver.get_content(path)
+        with self.driver.reader(path) as f:
+            chunks = []
+            left = manifests.MAX_MANIFEST_SIZE + 1
+            while left > 0 and (chunk := f.read(min(left, 1 << 16))):
+                chunks.append(chunk)
+                left -= len(chunk)
+        return b"".join(chunks)
+
+    def refs_for(self, hex_: str) -> ManifestRefs | None:
         """References of a manifest the closure reached (loaded on demand)."""
-        outcome = self.loaded.get(d)
+        outcome = self.loaded.get(hex_)
         if outcome is None:
-            self.load_refs([d])
-            outcome = self.loaded[d]
+            self.load_refs([hex_])
+            outcome = self.loaded[hex_]
         return outcome if isinstance(outcome, ManifestRefs) else None
 
-    def blob_set(self) -> set[Digest]:
-        if self.listed_blobs is None:
-            self.listed_blobs = set(self.all_blobs)
-        return self.listed_blobs
+    def blob_set(self) -> set[str]:
+        if self.listed is None:
+            self.listed = set(self.blob_hexes)
+        return self.listed
 
     def blob_exists(self, d: Digest) -> bool:
         try:
             self.driver.stat(paths.blob_data(d))
-        except PathNotFound:
-            return False
-        except Exception:  # unsure: read it, and report there
+        except Exception:  # missing, or unsure: then it is read, and judged there
             return False
         return True
 
@@ -618,70 +739,72 @@ class _Marker:
 
     def keep(
         self, repos: list[_Repository]
-    ) -> tuple[list[ManifestEntry], list[tuple[str, Digest]], list[Digest]]:
-        """Per repository: which manifests are kept; globally: the kept digests."""
+    ) -> tuple[list[ManifestEntry], list[tuple[str, Digest]], list[str]]:
+        """Per repository: which manifests are kept; and every kept digest."""
         entries: list[ManifestEntry] = []
         to_delete: list[tuple[str, Digest]] = []
-        kept_all: dict[Digest, None] = {}
-        reported: set[Digest] = set()
+        kept_all: set[str] = set()
+        reported: set[str] = set()
+        loaded = self.loaded
         for repo in repos:
             self.report_manifest_errors(repo, reported)
             kept = self.kept_in(repo)
-            kept_all.update(dict.fromkeys(kept))
-            for d in repo.revisions:
-                present = isinstance(self.loaded.get(d), ManifestRefs | _Unparseable)
-                is_kept = d in kept
-                entries.append(ManifestEntry(repo.name, d, d in repo.tagged, is_kept))
-                if self.delete_untagged and present and not is_kept:
+            kept_all |= kept
+            for h in repo.revisions:
+                d = self.digest(h)
+                is_kept = h in kept
+                entries.append(ManifestEntry(repo.name, d, h in repo.tagged, is_kept))
+                if self.delete_untagged and not is_kept and not isinstance(loaded[h], _Missing):
                     to_delete.append((repo.name, d))
         self.stats.revisions = len(entries)
         self.stats.manifests_kept = sum(1 for e in entries if e.kept)
         return entries, to_delete, list(kept_all)
 
-    def kept_in(self, repo: _Repository) -> set[Digest]:
+    def kept_in(self, repo: _Repository) -> set[str]:
         loaded = self.loaded
 
-        def present(d: Digest) -> bool:
-            return not isinstance(loaded.get(d, MISSING), _Missing)
+        def present(h: str) -> bool:
+            return not isinstance(loaded.get(h, MISSING), _Missing)
 
-        revisions = [d for d in repo.revisions if present(d)]
-        extra = [d for d in repo.extra_roots if present(d)]
-        for d in repo.tagged:
-            if d not in repo.revisions and present(d):
+        revisions = [h for h in repo.revisions if present(h)]
+        extra = [h for h in repo.extra_roots if present(h)]
+        for h in repo.tagged:
+            if h not in repo.revisions and present(h):
                 self.error(
                     TAG_WITHOUT_REVISION,
-                    paths.manifests_dir(repo.name),
+                    paths.tags_dir(repo.name),
                     repo.name,
-                    f"a tag points at {d}, which has no revision link: kept",
+                    f"a tag points at {self.digest(h)}, which has no revision link: kept",
                     blocking=False,
                 )
-                extra.append(d)
-        uncertain = repo.uncertain or any(isinstance(loaded[d], _Unparseable) for d in revisions)
+                extra.append(h)
+        uncertain = repo.uncertain or any(isinstance(loaded[h], _Unparseable) for h in revisions)
         if not self.delete_untagged or uncertain or not repo.valid:
-            return set(revisions) | set(extra)
-        roots = [d for d in revisions if repo.revisions[d] or d in repo.tagged] + extra
-        referrers: dict[Digest, list[Digest]] = {}
-        for d in revisions:
-            refs = loaded[d]
+            return set(revisions).union(extra)
+        roots = [h for h in revisions if repo.revisions[h] or h in repo.tagged] + extra
+        referrers: dict[str, list[str]] = {}
+        for h in revisions:
+            refs = loaded[h]
             if isinstance(refs, ManifestRefs) and refs.subject is not None:
-                referrers.setdefault(refs.subject, []).append(d)
+                referrers.setdefault(refs.subject.hex, []).append(h)
         kept = set(roots)
         work = list(roots)
         while work:
-            d = work.pop()
-            refs = self.refs_for(d)
-            reached = list(refs.referenced()) if refs is not None else []
-            reached += referrers.get(d, ())
+            h = work.pop()
+            refs = self.refs_for(h)
+            reached = [d.hex for d in refs.referenced()] if refs is not None else []
+            reached += referrers.get(h, ())
             for r in reached:
                 if r not in kept and r in repo.revisions and present(r):
                     kept.add(r)
                     work.append(r)
         return kept
 
-    def report_manifest_errors(self, repo: _Repository, reported: set[Digest]) -> None:
-        for d in repo.revisions:
-            outcome = self.loaded.get(d)
+    def report_manifest_errors(self, repo: _Repository, reported: set[str]) -> None:
+        for h in repo.revisions:
+            outcome = self.loaded[h]
             if isinstance(outcome, _Missing):
+                d = self.digest(h)
                 self.error(
                     MISSING_MANIFEST_BLOB,
                     paths.manifest_revision_link(repo.name, d),
@@ -690,15 +813,16 @@ class _Marker:
                     blocking=False,
                 )
             elif isinstance(outcome, ManifestRefs) and outcome.unknown_algorithms:
-                if d in reported:
+                if h in reported:
                     continue
-                reported.add(d)
+                reported.add(h)
+                d = self.digest(h)
                 self.error(
                     UNKNOWN_ALGORITHM,
                     paths.blob_data(d),
                     repo.name,
-                    f"manifest {d} references digests of unsupported algorithms "
-                    f"(never deleted): {', '.join(outcome.unknown_algorithms[:5])}",
+                    f"manifest {d} references digests of unsupported algorithms, whose "
+                    f"blobs are never deleted: {', '.join(outcome.unknown_algorithms[:5])}",
                     blocking=False,
                 )
 
@@ -710,68 +834,72 @@ class _Marker:
         repos: list[_Repository],
         entries: list[ManifestEntry],
         to_delete: list[tuple[str, Digest]],
-        marked: set[Digest],
-        all_blobs: list[Digest],
+        marked: set[str],
         unreferenced: list[Digest],
     ) -> MarkResult:
-        layer_links: dict[Digest, list[str]] = {}
+        # Most digests are linked from one repository: a str then, a list beyond.
+        layer_links: dict[str, str | list[str]] = {}
         uploads: list[tuple[str, str]] = []
-        for repo in repos:
-            for d in repo.layers:
-                links = layer_links.get(d)
-                if links is None:
-                    layer_links[d] = [repo.name]
-                else:
-                    links.append(repo.name)
-            uploads.extend((repo.name, uuid) for uuid in repo.uploads)
-            self.stats.tags += repo.tags
-            self.stats.layer_links += len(repo.layers)
         stats = self.stats
-        stats.blobs, stats.marked = len(all_blobs), len(marked)
+        for repo in repos:
+            name = repo.name
+            for h in repo.layers:
+                links = layer_links.setdefault(h, name)
+                if links is not name:
+                    if isinstance(links, str):
+                        layer_links[h] = [links, name]
+                    else:
+                        links.append(name)
+            uploads.extend((name, uuid) for uuid in repo.uploads)
+            stats.tags += repo.tags
+            stats.layer_links += len(repo.layers)
+            repo.layers = []
+        stats.blobs, stats.marked = len(self.blob_hexes), len(marked)
         stats.unreferenced, stats.uploads = len(unreferenced), len(uploads)
         stats.errors = len(self.errors)
-        refs = {d: r for d, r in self.loaded.items() if isinstance(r, ManifestRefs)}
+        refs = {h: r for h, r in self.loaded.items() if isinstance(r, ManifestRefs)}
         return MarkResult(
             started_at=started_at,
             repositories=[r.name for r in repos],
             manifests=entries,
             untagged_to_delete=to_delete,
-            marked=marked,
-            all_blobs=all_blobs,
+            marked=DigestSet(marked, self.interner),
+            all_blobs=DigestList(self.blob_hexes, self.interner),
             unreferenced=unreferenced,
-            layer_links=layer_links,
+            layer_links=DigestMap(layer_links, self.interner),
             uploads=uploads,
             errors=self.errors,
             blob_deletion_blocked=self.blocked,
             stats=stats,
-            refs=refs,
+            _refs=refs,
         )
 
 
-class _Gone:
-    """Sentinel: the link file does not exist."""
-
-
-_GONE = _Gone()
-
-
 def _expand(
-    roots: Iterable[Digest], refs_of: Callable[[Digest], ManifestRefs | None], marked: set[Digest]
-) -> set[Digest]:
-    """Mark `roots` and everything they reference, following children."""
-    expanded: set[Digest] = set()
+    roots: Iterable[str],
+    refs_of: Callable[[str], ManifestRefs | None],
+    is_manifest: Callable[[str], bool],
+    marked: set[str],
+) -> set[str]:
+    """Mark `roots` (manifest hexes) and everything they reference, following
+    children; a manifest of unknown type may reference manifests anywhere."""
+    expanded: set[str] = set()
     stack = list(roots)
-    add = marked.add
     while stack:
-        d = stack.pop()
-        if d in expanded:
+        h = stack.pop()
+        if h in expanded:
             continue
-        expanded.add(d)
-        add(d)
-        refs = refs_of(d)
+        expanded.add(h)
+        marked.add(h)
+        refs = refs_of(h)
         if refs is None:
             continue
-        marked.update(refs.blobs)
-        marked.update(refs.children)
-        stack.extend(refs.children)
+        blobs = [d.hex for d in refs.blobs]
+        marked.update(blobs)
+        if refs.children:
+            children = [d.hex for d in refs.children]
+            marked.update(children)
+            stack.extend(children)
+        if refs.kind == "unknown":
+            stack.extend(b for b in blobs if is_manifest(b))
     return marked

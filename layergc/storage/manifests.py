@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -60,7 +61,9 @@ _KINDS: dict[str, Kind] = {
 
 # OCI's digest grammar: algorithm components joined by + . _ -, then the encoded part.
 _DIGEST_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_LOWER_HEX = re.compile(r"[0-9a-f]+")
+_LOWER_HEX = "0123456789abcdef"
+# The one string object for each algorithm name, shared by every Digest made here.
+_ALGORITHM_NAMES = {name: name for name in ALGORITHMS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,23 +135,22 @@ def references(
     if kind == "unknown":
         _collect_anywhere(doc, refs)
     elif kind == "schema1":
-        for layer in _descriptor_list(doc, "fsLayers", required=True):
-            refs.blob(refs.field_digest(layer, "blobSum", "fsLayers[]"))
+        refs.add(
+            refs.blobs, _descriptor_list(doc, "fsLayers", required=True), "fsLayers", "blobSum"
+        )
     elif kind == "index":
-        for child in _descriptor_list(doc, "manifests", required=True):
-            refs.child(refs.descriptor_digest(child, "manifests[]"))
+        refs.add(refs.children, _descriptor_list(doc, "manifests", required=True), "manifests")
         refs.set_subject(doc)
     elif media_type == OCI_ARTIFACT:
-        for blob in _descriptor_list(doc, "blobs", required=False):
-            refs.blob(refs.descriptor_digest(blob, "blobs[]"))
+        refs.add(refs.blobs, _descriptor_list(doc, "blobs", required=False), "blobs")
         refs.set_subject(doc)
     else:  # schema2 or OCI image manifest
         config = doc.get("config")
         if config is None:
             raise InvalidManifest(f"{media_type} has no config descriptor")
-        refs.blob(refs.descriptor_digest(config, "config"))
-        for layer in _descriptor_list(doc, "layers", required=media_type == DOCKER_SCHEMA2):
-            refs.blob(refs.descriptor_digest(layer, "layers[]"))
+        refs.add(refs.blobs, [config], "config")
+        layers = _descriptor_list(doc, "layers", required=media_type == DOCKER_SCHEMA2)
+        refs.add(refs.blobs, layers, "layers")
         refs.set_subject(doc)
     return refs.result(media_type, kind)
 
@@ -164,11 +166,17 @@ def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> D
             known = intern.get(encoded)
             if known is not None and known.algorithm == algorithm:
                 return known
-        length = ALGORITHMS.get(algorithm)
-        if length is not None and len(encoded) == length and _LOWER_HEX.fullmatch(encoded):
-            digest = Digest(algorithm, encoded)
-            if intern is not None:
-                intern[encoded] = digest
+        known_algorithm = _ALGORITHM_NAMES.get(algorithm)
+        if (
+            known_algorithm is not None
+            and len(encoded) == ALGORITHMS[algorithm]
+            and not encoded.strip(_LOWER_HEX)
+        ):
+            if intern is None:
+                return Digest(known_algorithm, encoded)
+            # Share one string per hex with every other holder (listings, links).
+            encoded = sys.intern(encoded)
+            digest = intern[encoded] = Digest(known_algorithm, encoded)
             return digest
         if _DIGEST_GRAMMAR.fullmatch(value) and algorithm not in ALGORITHMS:
             return value
@@ -185,10 +193,34 @@ class _Collector:
 
     def __init__(self, intern: dict[str, Digest]) -> None:
         self.intern = intern
-        self.blobs: dict[Digest, None] = {}
-        self.children: dict[Digest, None] = {}
+        # Keyed by hex (unique across the supported algorithms: their lengths
+        # differ), which hashes faster than a Digest.
+        self.blobs: dict[str, Digest] = {}
+        self.children: dict[str, Digest] = {}
         self.subject: Digest | None = None
         self.unknown: dict[str, None] = {}
+
+    def add(
+        self, into: dict[str, Digest], items: list[Any], where: str, key: str = "digest"
+    ) -> None:
+        intern = self.intern
+        for i, item in enumerate(items):
+            # Fast path: a digest seen before (most layers are shared).
+            if type(item) is dict:
+                value = item.get(key)
+                if type(value) is str:
+                    algorithm, _, encoded = value.partition(":")
+                    known = intern.get(encoded)
+                    if known is not None and known.algorithm == algorithm:
+                        into[encoded] = known
+                        continue
+            self.put(into, self.field_digest(item, key, f"{where}[{i}]"))
+
+    def put(self, into: dict[str, Digest], ref: Digest | str) -> None:
+        if isinstance(ref, str):
+            self.unknown[ref] = None
+        else:
+            into[ref.hex] = ref
 
     def field_digest(self, descriptor: Any, key: str, where: str) -> Digest | str:
         if not isinstance(descriptor, dict):
@@ -200,26 +232,11 @@ class _Collector:
         except InvalidManifest as exc:
             raise InvalidManifest(f"{where}.{key}: {exc}") from None
 
-    def descriptor_digest(self, descriptor: Any, where: str) -> Digest | str:
-        return self.field_digest(descriptor, "digest", where)
-
-    def _add(self, into: dict[Digest, None], ref: Digest | str) -> None:
-        if isinstance(ref, str):
-            self.unknown[ref] = None
-        else:
-            into[ref] = None
-
-    def blob(self, ref: Digest | str) -> None:
-        self._add(self.blobs, ref)
-
-    def child(self, ref: Digest | str) -> None:
-        self._add(self.children, ref)
-
     def set_subject(self, doc: dict[str, Any]) -> None:
         subject = doc.get("subject")
         if subject is None:
             return
-        ref = self.descriptor_digest(subject, "subject")
+        ref = self.field_digest(subject, "digest", "subject")
         if isinstance(ref, str):
             self.unknown[ref] = None
         else:
@@ -229,8 +246,8 @@ class _Collector:
         return ManifestRefs(
             media_type=media_type,
             kind=kind,
-            blobs=tuple(self.blobs),
-            children=tuple(self.children),
+            blobs=tuple(self.blobs.values()),
+            children=tuple(self.children.values()),
             subject=self.subject,
             unknown_algorithms=tuple(self.unknown),
         )
@@ -286,17 +303,17 @@ def _collect_anywhere(doc: dict[str, Any], refs: _Collector) -> None:
             continue
         if key in ("digest", "blobSum"):
             # A descriptor: its digest must be readable, or we cannot know what it keeps.
-            refs.blob(refs.field_digest({key: value}, key, "descriptor"))
+            refs.put(refs.blobs, refs.field_digest({key: value}, key, "descriptor"))
             continue
         try:
             ref = parse_reference(value, refs.intern)
         except InvalidManifest:
             continue  # ordinary text
         if isinstance(ref, Digest):  # an unknown-algorithm lookalike in free text is not reported
-            refs.blob(ref)
+            refs.put(refs.blobs, ref)
     # The subject of a manifest we do not understand is also kept by it: fail closed.
     if refs.subject is not None:
-        refs.blob(refs.subject)
+        refs.put(refs.blobs, refs.subject)
 
 
 def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
