@@ -44,7 +44,7 @@ def redis_cache() -> Iterator[RedisLayerInfoCache]:
     cache.clear()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def cache(request: pytest.FixtureRequest) -> BaseLayerInfoCache:
     if request.param == "memory":
         return LayerInfoCache()
