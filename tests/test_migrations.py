@@ -39,6 +39,7 @@ TABLES = {
     "layergc_deletions",
     "layergc_manifest_references",
     "layergc_leases",
+    "layergc_marks",
 }
 
 

@@ -4,10 +4,12 @@ One schema serves SQLite (the embedded default) and PostgreSQL (shared by daemon
 The schema itself is owned by Alembic (`migrations/`); `layergc.gc.db.open_index` brings a
 database to head before handing out an `Index`.
 
-Every write that can be large goes out in chunks (`CHUNK` rows per statement, through
-SQLAlchemy's multi-row "insertmanyvalues" batching), and every upsert is a single
-dialect-specific `INSERT ... ON CONFLICT` statement, so the semantics below hold under
-concurrent writers without read-then-write races.
+Large sets travel in chunks, each chunk as one statement whose rows are one bound
+parameter (PostgreSQL: `unnest` of arrays; SQLite: `json_each` of a JSON array): no per-row
+work in SQLAlchemy or the driver. Every upsert is a single dialect-specific
+`INSERT ... ON CONFLICT` statement, so the semantics below hold under concurrent writers
+without read-then-write races. Reads of many keys go the same way (`= ANY(array)` /
+`IN (SELECT value FROM json_each(?))`), a few queries for tens of thousands of keys.
 """
 
 from __future__ import annotations
@@ -48,16 +50,14 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy import (
-    Index as SqlIndex,
-)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import Index as SqlIndex
 from sqlalchemy.sql import Select
 
 log = logging.getLogger(__name__)
 
-#: Rows per statement for batched writes and per IN-list for batched reads.
+#: Rows per bulk write statement.
 CHUNK: Final = 1000
 #: Keys per membership query: one bound array (PostgreSQL) or JSON text (SQLite) each.
 LOOKUP_CHUNK: Final = 10_000
@@ -233,6 +233,18 @@ class ManifestReferences(Base):
     children: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(String(200))
     extra: Mapped[dict[str, Any] | None]
+
+
+class Mark(Base):
+    """Scratch space for a mark set too large for memory: the digests one run keeps. The
+    sweep can then stream the blob listing through `unmarked` chunk by chunk. Rows live
+    only while their run does (finish_run and mark_stale_running_runs clear them)."""
+
+    __tablename__ = "layergc_marks"
+    __table_args__ = {"sqlite_with_rowid": False}  # the key is the row: one B-tree, not two
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(200), primary_key=True)
 
 
 class Lease(Base):
@@ -433,6 +445,7 @@ class Index:
         }
         with self.engine.begin() as conn:
             done = conn.execute(update(Run).where(Run.id == run_id).values(**values)).rowcount
+            conn.execute(delete(Mark).where(Mark.run_id == run_id))
         if done != 1:
             raise KeyError(f"no run {run_id}")
         log.info("run finished", extra={"run_id": run_id, "status": status})
@@ -471,6 +484,7 @@ class Index:
                 .where(Run.id.in_(stale), Run.status == "running")
                 .values(status="interrupted", finished_at=now or utcnow())
             )
+            conn.execute(delete(Mark).where(Mark.run_id.in_(stale)))
         log.warning("stale runs marked interrupted", extra={"run_ids": stale})
         return stale
 
@@ -631,6 +645,20 @@ class Index:
         with self._session() as session:
             return list(session.scalars(query))
 
+    def candidate_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(kind, state) -> (how many, their known bytes): one GROUP BY, for reports and
+        metrics that must not load every row."""
+        query = select(
+            Candidate.kind,
+            Candidate.state,
+            func.count(),
+            func.coalesce(func.sum(Candidate.size), 0),
+        ).group_by(Candidate.kind, Candidate.state)
+        with self.engine.connect() as conn:
+            return {
+                (kind, state): (int(n), int(size)) for kind, state, n, size in conn.execute(query)
+            }
+
     def iter_observed(self, run_id: int, kind: str, *, batch: int = CHUNK) -> Iterator[Candidate]:
         """Stream the candidates `run_id` observed, in id order, `batch` rows at a time:
         the bounded-memory alternative to holding observe_unreferenced's whole result."""
@@ -664,6 +692,45 @@ class Index:
                     Candidate.last_seen < last_seen_before,
                 )
             ).rowcount
+
+    # --- the mark set, staged in the database (for stores too large to mark in memory) ----
+
+    def add_marks(self, run_id: int, digests: Iterable[str]) -> int:
+        """Record digests `run_id` keeps (duplicates are fine). Returns how many were given."""
+        given = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(digests, CHUNK * 5):
+                src = self._bulk_rows({"digest": Text()}, [(d,) for d in chunk]).subquery("m")
+                conn.execute(
+                    self._insert(Mark)
+                    .from_select(
+                        [Mark.run_id, Mark.digest],
+                        select(literal(int(run_id), Integer()), src.c.digest).where(true()),
+                    )
+                    .on_conflict_do_nothing()
+                )
+                given += len(chunk)
+        return given
+
+    def unmarked(self, run_id: int, digests: Iterable[str]) -> list[str]:
+        """Those of `digests` that `run_id` did not mark, in one query per 5,000."""
+        found: list[str] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(digests, CHUNK * 5):
+                src = self._bulk_rows({"digest": Text()}, [(d,) for d in chunk]).subquery("b")
+                marked = select(Mark.digest).where(
+                    Mark.run_id == run_id, Mark.digest == src.c.digest
+                )
+                found.extend(conn.scalars(select(src.c.digest).where(~marked.exists())))
+        return found
+
+    def clear_marks(self, run_id: int | None = None) -> int:
+        """Drop one run's marks, or every run's (leftovers of crashed processes)."""
+        query = delete(Mark)
+        if run_id is not None:
+            query = query.where(Mark.run_id == run_id)
+        with self.engine.begin() as conn:
+            return conn.execute(query).rowcount
 
     # --- the audit log -----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""initial schema: runs, candidates, deletions, manifest references, leases
+"""initial schema: runs, candidates, deletions, manifest references, marks, leases
 
 Revision ID: 0001
 Revises:
@@ -104,6 +104,14 @@ def upgrade() -> None:
     )
 
     op.create_table(
+        "layergc_marks",
+        sa.Column("run_id", sa.Integer(), nullable=False),
+        sa.Column("digest", sa.String(length=200), nullable=False),
+        sa.PrimaryKeyConstraint("run_id", "digest", name=op.f("pk_layergc_marks")),
+        sqlite_with_rowid=False,
+    )
+
+    op.create_table(
         "layergc_leases",
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("holder", sa.Text(), nullable=False),
@@ -115,6 +123,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("layergc_leases")
+    op.drop_table("layergc_marks")
     op.drop_table("layergc_manifest_references")
     op.drop_index("ix_layergc_deletions_run_id", table_name="layergc_deletions")
     op.drop_index("ix_layergc_deletions_kind_key", table_name="layergc_deletions")
