@@ -182,8 +182,10 @@ def lock_for_migration(conn: Connection) -> None:
         # also makes the whole migration one atomic SQLite transaction.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif conn.dialect.name == "postgresql":
+        # One lock per schema: test sessions migrating their own schemas never wait.
         conn.exec_driver_sql(
-            "SELECT pg_advisory_xact_lock(hashtext('layergc-migrate:' || current_schema()))"
+            "SELECT pg_advisory_xact_lock("
+            "hashtext('layergc-migrate:' || coalesce(current_schema(), '')))"
         )
 
 
