@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -72,6 +75,12 @@ def _storage_options(fn: F) -> F:
             default=None,
             help="Log format on stderr.",
         ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+            default=None,
+            help="Log level on stderr (sweep: warning unless set, serve: info).",
+        ),
         click.option("-v", "--verbose", count=True, help="More logging."),
     ]
     for option in reversed(options):
@@ -89,11 +98,34 @@ def _settings(config_file: str | None, values: dict[str, Any]) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
-def _configure_logging(settings: Any, verbose: int) -> None:
+def _configure_logging(settings: Any, verbose: int, *, quiet_default: bool) -> None:
+    """-v and -vv win; then the configured level, except that a one-shot sweep
+    (quiet_default) keeps stderr to warnings unless a level other than the
+    default was asked for."""
     from layergc.logs import configure_logging
 
-    level = logging.WARNING - 10 * min(verbose, 2)
-    configure_logging(getattr(settings, "log_format", "text") or "text", level)
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    elif quiet_default and settings.log_level == "info":
+        level = logging.WARNING
+    else:
+        level = logging.getLevelName(settings.log_level.upper())
+    configure_logging(settings.log_format or "text", level)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT end a sweep at its next safe point (a quarantine is rolled back)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,10 +147,12 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
 
     values["json"] = as_json
     settings = _settings(config_file, values)
-    _configure_logging(settings, verbose)
+    _configure_logging(settings, verbose, quiet_default=True)
     progress = Progress()
+    stop = threading.Event()
     try:
-        report = run_sweep(settings, progress=progress)
+        with _stop_on_signals(stop):
+            report = run_sweep(settings, progress=progress, stop=stop, take_lease=True)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except LayergcError as exc:
@@ -130,7 +164,7 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
         click.echo(json.dumps(report, indent=None, sort_keys=False))
     else:
         click.echo(render(report))
-    sys.exit(EXIT_ERRORS if report["errors"] or report["status"] == "failed" else EXIT_OK)
+    sys.exit(EXIT_OK if report["status"] == "succeeded" and not report["errors"] else EXIT_ERRORS)
 
 
 @main.command()
@@ -144,12 +178,13 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
 )
 @click.option("--metrics-addr", help="Serve /metrics and /healthz here, e.g. 127.0.0.1:9464.")
 @click.option("--lease-ttl", help="Replica lease period (default 60s).")
+@click.option("--replica-id", help="This replica's name in the lease (default host:pid).")
 def serve(config_file: str | None, verbose: int, **values: Any) -> None:
     """Run sweeps on a schedule, as a daemon."""
     from layergc.gc.scheduler import serve as serve_forever
 
     settings = _settings(config_file, values)
-    _configure_logging(settings, verbose)
+    _configure_logging(settings, verbose, quiet_default=False)
     try:
         serve_forever(settings)
     except ConfigError as exc:

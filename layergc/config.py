@@ -75,7 +75,6 @@ class Settings:
     after_delete_command: str | None = None
     after_delete_timeout: timedelta = timedelta(seconds=120)
     settle: timedelta = timedelta(seconds=5)
-    undo_keep: timedelta = timedelta(0)
     # --- daemon ------------------------------------------------------------
     schedule: str | None = None
     interval: timedelta | None = None
@@ -229,7 +228,6 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "after_delete_command": _optional_text,
     "after_delete_timeout": _positive_duration,
     "settle": parse_duration,
-    "undo_keep": parse_duration,
     "schedule": lambda v, n: None if v in (None, "") else _cron(v, n),
     "interval": _optional_interval,
     "purge_interval": parse_duration,

@@ -93,7 +93,7 @@ def test_defaults(root: str) -> None:
     assert s.storage == {"driver": "filesystem", "rootdirectory": root}
     assert s.db == DEFAULT_DB_URL
     assert (s.grace, s.upload_timeout) == (timedelta(hours=24), timedelta(hours=168))
-    assert (s.settle, s.undo_keep) == (timedelta(seconds=5), timedelta(0))
+    assert s.settle == timedelta(seconds=5)
     assert s.after_delete_timeout == timedelta(seconds=120)
     assert (s.purge_interval, s.misfire_grace) == (timedelta(hours=1), timedelta(hours=1))
     assert s.lease_ttl == timedelta(seconds=60)
@@ -158,7 +158,6 @@ def test_every_option_has_an_environment_variable(root: str) -> None:
         "LAYERGC_JSON": "1",
         "LAYERGC_AFTER_DELETE_COMMAND": "systemctl restart docker-registry",
         "LAYERGC_AFTER_DELETE_TIMEOUT": "30s",
-        "LAYERGC_UNDO_KEEP": "1h",
         "LAYERGC_SCHEDULE": "0 3 * * *",
         "LAYERGC_PURGE_INTERVAL": "15m",
         "LAYERGC_MISFIRE_GRACE": "2h",
@@ -174,7 +173,6 @@ def test_every_option_has_an_environment_variable(root: str) -> None:
     assert s.delete_untagged and s.json
     assert s.after_delete_command == "systemctl restart docker-registry"
     assert s.after_delete_timeout == timedelta(seconds=30)
-    assert s.undo_keep == timedelta(hours=1)
     assert s.schedule == "0 3 * * *" and s.interval is None
     assert s.purge_interval == timedelta(minutes=15)
     assert s.misfire_grace == timedelta(hours=2)

@@ -89,12 +89,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from layergc.config import Settings, format_duration
 from layergc.errors import ConfigError
+from layergc.gc.lease import LEASE_NAME, Heartbeat
 from layergc.logs import bind
 from layergc.metrics import METRICS, Metrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "sweep"
 SWEEP_JOB_ID = "layergc-sweep"
 PURGE_JOB_ID = "layergc-purge"
 SWEEP, PURGE = "sweep", "purge-uploads"
@@ -295,48 +295,6 @@ class SlotBook:
                     .values({column: slot_us, "holder": holder, "updated_us": now_us})
                 )
         return True
-
-
-# --- the lease heartbeat ----------------------------------------------------------------
-
-
-class _Heartbeat:
-    """Renews the lease every ttl/3; on losing it, sets `on_lost` (the run's stop)."""
-
-    def __init__(
-        self, index: Any, holder: str, token: int, ttl: float, on_lost: threading.Event
-    ) -> None:
-        self.index, self.holder, self.token, self.ttl = index, holder, token, ttl
-        self.on_lost = on_lost
-        self.lost = False
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="layergc-lease", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=self.ttl)
-
-    def _loop(self) -> None:
-        renewed = time.monotonic()
-        while not self._done.wait(self.ttl / 3):
-            try:
-                if self.index.renew_lease(LEASE_NAME, self.holder, self.token, self.ttl):
-                    renewed = time.monotonic()
-                    continue
-                reason = "another replica took the lease"
-            except Exception as exc:  # the database may come back before the lease expires
-                if time.monotonic() - renewed < self.ttl * 2 / 3:
-                    log.warning("lease renewal failed; retrying", extra={"error": str(exc)})
-                    continue
-                reason = f"lease renewal failed until expiry: {exc}"
-            self.lost = True
-            log.error("lease lost; stopping the run", extra={"reason": reason})
-            self.on_lost.set()
-            return
 
 
 class _Turns:
@@ -650,7 +608,7 @@ class Replica:
             log.info("scheduled run starting", extra={"lease_token": token})
             started = time.monotonic()
             # run_fn records the run's metrics itself (layergc.gc.run.run_sweep does).
-            with _Heartbeat(self.index, self.holder, token, self.ttl, run_stop) as heartbeat:
+            with Heartbeat(self.index, self.holder, token, self.ttl, run_stop) as heartbeat:
                 try:
                     report = self.run_fn(self.settings, mode=mode, stop=run_stop, index=self.index)
                     outcome = str((report or {}).get("status") or "succeeded")
