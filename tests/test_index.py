@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.exc import IntegrityError
 
 from layergc.digest import Digest
 from layergc.gc.db import open_index
-from layergc.gc.index import CHUNK, Index
+from layergc.gc.index import CHUNK, Index, Lease
 from tests.support.database import BACKENDS, database_url, lease_worker
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -530,9 +530,9 @@ def test_lease_acquire_renew_release(index: Index) -> None:
 
 
 def test_expired_lease_is_taken_over_with_a_higher_token(index: Index) -> None:
-    assert index.acquire_lease("sweep", "a", 0.5) == 1
-    assert index.acquire_lease("sweep", "b", 0.5) is None
-    time.sleep(0.8)
+    assert index.acquire_lease("sweep", "a", 2.0) == 1
+    assert index.acquire_lease("sweep", "b", 2.0) is None
+    time.sleep(2.3)
     assert index.acquire_lease("sweep", "b", 30) == 2
     assert index.renew_lease("sweep", "a", 1, 30) is False
     assert index.acquire_lease("sweep", "a", 30) is None
@@ -586,9 +586,11 @@ def _contend_in_processes(url: str, holders: int, ttl: float) -> dict[str, int |
 def test_lease_contention_between_processes(db_url: str) -> None:
     with open_index(db_url) as index:  # create the schema before the race
         pass
-    first = _contend_in_processes(db_url, holders=4, ttl=1.0)
+    first = _contend_in_processes(db_url, holders=4, ttl=30)
     assert sorted(t for t in first.values() if t is not None) == [1], first
-    time.sleep(1.3)  # the winner's lease expires; the next race is for a takeover
+    with open_index(db_url) as index, index.engine.begin() as conn:
+        # time passes: the winner's lease expires (set, not slept: no race with a slow start)
+        conn.execute(update(Lease).values(expires_at=datetime(2000, 1, 1, tzinfo=UTC)))
     second = _contend_in_processes(db_url, holders=4, ttl=30)
     assert sorted(t for t in second.values() if t is not None) == [2], second
     with open_index(db_url) as index:
