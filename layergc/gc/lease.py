@@ -78,6 +78,14 @@ def held_lease(index: Any, ttl: timedelta, stop: threading.Event) -> Iterator[in
     token = index.acquire_lease(LEASE_NAME, holder, seconds)
     if token is None:
         current = index.lease(LEASE_NAME)
+        if current is not None and _dead_sweep_here(current.holder):
+            # A one-shot sweep on this host was killed (SIGKILL, OOM) with the lease:
+            # free it now instead of making the next run wait out its ttl. The
+            # release is fenced on the dead holder's token, so it never robs a taker.
+            index.release_lease(LEASE_NAME, current.holder, current.token)
+            token = index.acquire_lease(LEASE_NAME, holder, seconds)
+    if token is None:
+        current = index.lease(LEASE_NAME)
         who = (
             f" ({current.holder}, until {current.expires_at:%Y-%m-%d %H:%M:%S}Z)" if current else ""
         )
@@ -88,3 +96,18 @@ def held_lease(index: Any, ttl: timedelta, stop: threading.Event) -> Iterator[in
     finally:
         with suppress(Exception):  # an unreleased lease simply expires
             index.release_lease(LEASE_NAME, holder, token)
+
+
+def _dead_sweep_here(holder: str) -> bool:
+    """True when `holder` is a `layergc sweep` of this host whose process is gone."""
+    kind, _, where = holder.partition("@")
+    host, _, pid = where.rpartition(":")
+    if kind != "sweep" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
