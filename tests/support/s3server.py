@@ -32,11 +32,14 @@ ListMultipartUploads (every upload comes in one answer).
 from __future__ import annotations
 
 import collections
+import ctypes
+import importlib.util
 import itertools
 import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -121,6 +124,17 @@ def parse_log_line(line: str) -> LoggedRequest | None:
     )
 
 
+def _die_with_parent() -> None:
+    """Run in the child before exec: SIGTERM it when the thread that started it
+    ends (Linux prctl PR_SET_PDEATHSIG), so a test run that is killed leaves no
+    server behind. Start servers from a long-lived thread (the main one)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() is the only way out
+
+
 def plain_http_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """An environment for a subprocess that talks plain HTTP to the server.
 
@@ -182,12 +196,13 @@ class MotoServer:
         )
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                [self.binary, "-H", self.host, "-p", str(self.port)],
+                [*self._command(), "-H", self.host, "-p", str(self.port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.pid = self._proc.pid
         try:
@@ -196,6 +211,14 @@ class MotoServer:
             self.stop()
             raise
         return self
+
+    def _command(self) -> list[str]:
+        """The server in this interpreter when moto is importable here: the
+        `moto_server` found on PATH may be a shim (pyenv) that forks, and then
+        neither our PID nor the parent-death signal reaches the real server."""
+        if importlib.util.find_spec("moto.server") is not None:
+            return [sys.executable, "-c", "from moto.server import main; main()"]
+        return [self.binary]
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
