@@ -120,7 +120,7 @@ def parse_duration(value: Any, name: str = "duration") -> timedelta:
         result = value
     elif isinstance(value, str):
         text = value.strip()
-        if text != "0" and not _GO_DURATION.match(text):
+        if text != "0" and not _GO_DURATION.fullmatch(text):
             raise ConfigError(
                 f"{name}: {value!r} is not a duration (use Go's form: 168h, 30m, 90s, 1h30m, 0s)"
             )

@@ -24,7 +24,7 @@ def validate_repository_name(name: str) -> str:
         raise InvalidRepositoryName(str(name), "repository name is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRepositoryName(name, f"repository name longer than {MAX_NAME_LENGTH}")
-    if _NAME_RE.match(name) is None:
+    if _NAME_RE.fullmatch(name) is None:
         raise InvalidRepositoryName(name)
     return name
 
@@ -38,4 +38,4 @@ def is_valid_repository_name(name: str) -> bool:
 
 
 def is_valid_tag(tag: str) -> bool:
-    return _TAG_RE.match(tag) is not None
+    return _TAG_RE.fullmatch(tag) is not None

@@ -31,7 +31,7 @@ def validate_path(path: str, *, allow_root: bool = False) -> str:
         raise InvalidPath(repr(path), "path is not a string")
     if allow_root and path == "/":
         return path
-    if _PATH_RE.match(path) is None:
+    if _PATH_RE.fullmatch(path) is None:
         raise InvalidPath(path)
     for component in path.split("/")[1:]:
         if component in (".", ".."):

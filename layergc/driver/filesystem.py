@@ -470,7 +470,7 @@ class FilesystemDriver(StorageDriver):
                 return [
                     (e.name, e.is_symlink() or e.is_dir(follow_symlinks=False))
                     for e in entries
-                    if _COMPONENT_RE.match(e.name)
+                    if _COMPONENT_RE.fullmatch(e.name)
                 ]
         finally:
             os.close(fd)
@@ -486,7 +486,7 @@ class FilesystemDriver(StorageDriver):
         try:
             try:
                 with os.scandir(fd) as it:
-                    entries = sorted((e for e in it if _COMPONENT_RE.match(e.name)), key=_name)
+                    entries = sorted((e for e in it if _COMPONENT_RE.fullmatch(e.name)), key=_name)
             except OSError as error:
                 raise StorageDriverError(f"walk {prefix or '/'!r}: {error}") from error
             for entry in entries:

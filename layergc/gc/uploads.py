@@ -25,7 +25,7 @@ _RFC3339 = re.compile(
 def parse_rfc3339(text: str) -> datetime:
     """Parse any RFC 3339 time (Go writes seconds; nanoseconds are accepted too)."""
     text = text.strip()
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 time: {text[:64]!r}")
     if m.group(1) and len(m.group(1)) > 6:  # Python keeps microseconds only

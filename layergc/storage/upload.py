@@ -67,7 +67,7 @@ def parse_started_at(text: str) -> datetime:
 
 
 def valid_upload_id(uuid: str) -> bool:
-    return isinstance(uuid, str) and _UUID_RE.match(uuid) is not None
+    return isinstance(uuid, str) and _UUID_RE.fullmatch(uuid) is not None
 
 
 class LayerUpload(io.RawIOBase):
