@@ -111,10 +111,21 @@ def test_unnameable_entries_are_not_listed(fs: FilesystemDriver) -> None:
     fs.put_content("/dir/good", b"x")
     Path(fs.root, "dir", "bad name").write_bytes(b"y")
     Path(fs.root, "dir", "caf\u00e9").mkdir()
-    assert fs.list("/dir") == ["/dir/good"]
+    # Never hidden from a listing (the garbage collector would miss what is
+    # below): the folder cannot be listed. walk skips them.
+    with pytest.raises(InvalidPath, match="no driver path can name"):
+        fs.list("/dir")
+    with pytest.raises(InvalidPath, match="no driver path can name"):
+        fs.list_entries("/dir")
     assert [info.path for info in fs.walk("/")] == ["/dir", "/dir/good"]
     fs.delete("/dir")  # and they go with their folder
     assert not Path(fs.root, "dir").exists()
+
+
+def test_own_temporary_files_are_not_listed(fs: FilesystemDriver) -> None:
+    fs.put_content("/dir/good", b"x")
+    Path(fs.root, "dir", ".good.0123456789abcdef~tmp").write_bytes(b"half")
+    assert fs.list("/dir") == ["/dir/good"]
 
 
 # --- atomic put_content -------------------------------------------------------

@@ -21,8 +21,11 @@ window between a check and a use). The policy, the same for every method:
   folder that is never entered: reading anything below it raises InvalidPath;
 - deleting a folder that holds symlinks removes the links, never their targets.
 
-Entries whose names are not valid driver path components (such as this
-driver's own temporary files) are not listed: no driver path can name them.
+Entries whose names are not valid driver path components are never shown:
+no driver path can name them. This driver's own temporary files are skipped;
+any other such entry makes `list` and `list_entries` of its folder raise
+InvalidPath rather than hide it (a hidden repository folder would be a blind
+spot of the garbage collector, which must fail closed); `walk` skips them.
 
 Atomicity: put_content writes a temporary file in the same folder and renames it
 over the target, so a reader sees the old or the new content, never a part.
@@ -467,13 +470,22 @@ class FilesystemDriver(StorageDriver):
         try:
             with os.scandir(fd) as entries:
                 # A symlink counts as a folder: the conservative answer (see the module doc).
-                return [
-                    (e.name, e.is_symlink() or e.is_dir(follow_symlinks=False))
-                    for e in entries
-                    if _COMPONENT_RE.fullmatch(e.name)
+                found = [
+                    (e.name, e.is_symlink() or e.is_dir(follow_symlinks=False)) for e in entries
                 ]
         finally:
             os.close(fd)
+        listed = [entry for entry in found if _COMPONENT_RE.fullmatch(entry[0])]
+        if len(listed) < len(found):
+            unnameable = [n for n, _ in found if not _COMPONENT_RE.fullmatch(n)]
+            unnameable = [n for n in unnameable if not n.endswith(_TEMP_SUFFIX)]
+            if unnameable:
+                # Hiding it would hide, say, a repository from the garbage collector,
+                # which would then delete its blobs: the folder is unreadable instead.
+                raise InvalidPath(
+                    path, f"folder holds {unnameable[0]!r}, which no driver path can name"
+                )
+        return listed
 
     @_driver_errors
     def walk(self, path: str) -> Iterator[FileInfo]:
