@@ -69,11 +69,14 @@ UNREADABLE = "unreadable"  # a folder or file under repositories/ that could not
 INVALID_REPOSITORY_NAME = "invalid-repository-name"
 INVALID_NAME = "invalid-name"  # a folder name that is not what the layout allows there
 CORRUPT_LINK = "corrupt-link"
+NONCANONICAL_LINK = "noncanonical-link"  # a digest with surrounding whitespace: read as it
 LINK_MISMATCH = "link-mismatch"
 MISSING_MANIFEST_BLOB = "missing-manifest-blob"
 UNPARSEABLE_MANIFEST = "unparseable-manifest"
 TAG_WITHOUT_REVISION = "tag-without-revision"
+TAG_WITHOUT_MANIFEST = "tag-without-manifest"
 UNKNOWN_ALGORITHM = "unknown-algorithm"
+UNKNOWN_MEDIA_TYPE = "unknown-media-type"
 BLOB_LISTING = "blob-listing"
 REFERENCE_CACHE = "reference-cache"
 
@@ -599,6 +602,15 @@ class _Marker:
         except InvalidLink as exc:
             self.error(CORRUPT_LINK, path, repo.name, str(exc), blocking=False)
             return None
+        # parse_link accepts surrounding whitespace (a newline), which Go's reader
+        # refuses: keep what it names, and say so.
+        self.error(
+            NONCANONICAL_LINK,
+            path,
+            repo.name,
+            f"link holds {content[:80]!r}, not the bare digest: read as {d}",
+            blocking=False,
+        )
         return self.interner.setdefault(d.hex, d).hex
 
     def scan_layers(self, repo: _Repository) -> None:
@@ -778,6 +790,15 @@ class _Marker:
                     blocking=False,
                 )
                 extra.append(h)
+            elif h not in repo.revisions:
+                self.error(
+                    TAG_WITHOUT_MANIFEST,
+                    paths.tags_dir(repo.name),
+                    repo.name,
+                    f"a tag points at {self.digest(h)}, which is neither a revision nor a "
+                    "stored manifest: it tags nothing",
+                    blocking=False,
+                )
         uncertain = repo.uncertain or any(isinstance(loaded[h], _Unparseable) for h in revisions)
         if not self.delete_untagged or uncertain or not repo.valid:
             return set(revisions).union(extra)
@@ -812,19 +833,30 @@ class _Marker:
                     f"revision {d} of {repo.name} has no manifest blob: not a root",
                     blocking=False,
                 )
-            elif isinstance(outcome, ManifestRefs) and outcome.unknown_algorithms:
-                if h in reported:
-                    continue
+            elif isinstance(outcome, ManifestRefs) and h not in reported:
                 reported.add(h)
-                d = self.digest(h)
-                self.error(
-                    UNKNOWN_ALGORITHM,
-                    paths.blob_data(d),
-                    repo.name,
-                    f"manifest {d} references digests of unsupported algorithms, whose "
-                    f"blobs are never deleted: {', '.join(outcome.unknown_algorithms[:5])}",
-                    blocking=False,
-                )
+                self.report_manifest_oddities(repo, h, outcome)
+
+    def report_manifest_oddities(self, repo: _Repository, h: str, outcome: ManifestRefs) -> None:
+        d = self.digest(h)
+        if outcome.kind == "unknown":
+            self.error(
+                UNKNOWN_MEDIA_TYPE,
+                paths.blob_data(d),
+                repo.name,
+                f"manifest {d} is of unknown media type {outcome.media_type!r}: every "
+                "digest found in it is kept",
+                blocking=False,
+            )
+        if outcome.unknown_algorithms:
+            self.error(
+                UNKNOWN_ALGORITHM,
+                paths.blob_data(d),
+                repo.name,
+                f"manifest {d} references digests of unsupported algorithms, whose "
+                f"blobs are never deleted: {', '.join(outcome.unknown_algorithms[:5])}",
+                blocking=False,
+            )
 
     # --- the result ----------------------------------------------------------------
 

@@ -21,7 +21,9 @@ def parse_link(path: str, content: bytes) -> Digest:
     except UnicodeDecodeError:
         raise InvalidLink(path, "not ASCII") from None
     try:
-        # The Go registry writes no newline but tolerates surrounding space when reading.
+        # The Go registry writes no newline, and its reader refuses one (go-digest checks
+        # the length); we read the digest all the same (keeping is the safe side) and
+        # the mark reports such a link as noncanonical.
         return Digest.parse(text.strip())
     except InvalidDigest as exc:
         raise InvalidLink(path, str(exc)) from None
