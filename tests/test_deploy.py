@@ -479,7 +479,7 @@ def test_example_toml_loads(tmp_path: Path) -> None:
 def readme_table() -> dict[str, list[str]]:
     """TOML key -> row cells of the README's configuration reference."""
     rows = {}
-    for line in (DEPLOY / "README.md").read_text().splitlines():
+    for line in (DEPLOY.parent / "README.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[2].startswith("`") and cells[1].startswith("`LAYERGC_"):
             rows[cells[2].strip("`")] = cells
