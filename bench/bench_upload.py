@@ -93,9 +93,16 @@ def step_upload(source: Path, root: Path, chunk: int, digest: str) -> dict[str, 
     with source.open("rb") as src:
         while block := src.read(chunk):
             upload.write(block)
+    written = time.perf_counter()
     layer = upload.finish(digest)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "length": layer.length, "peak_rss_mib": peak_rss_mib()}
+    done = time.perf_counter()
+    return {
+        "seconds": done - started,
+        "write_seconds": written - started,
+        "finish_seconds": done - written,
+        "length": layer.length,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def step_half(source: Path, root: Path, chunk: int, half: int) -> dict[str, Any]:
@@ -200,7 +207,7 @@ def main() -> int:
     digest = make_source(source, size, chunk)
     step_rehash(source, chunk, size)  # warm the page cache for every contender alike
 
-    bare, synced, upload = [], [], []
+    bare, synced, upload, phases = [], [], [], []
     for i in range(opts.repeat):
         # Interleaved, so that all see the same machine load.
         dest = work / "bare.out"
@@ -213,6 +220,7 @@ def main() -> int:
         result = run_step("upload", source=source, root=root, chunk=chunk, digest=digest)
         assert result["length"] == size
         upload.append((result["seconds"], result["peak_rss_mib"]))
+        phases.append((result["write_seconds"], result["finish_seconds"]))
         shutil.rmtree(root)
 
     best_bare = min(bare)
@@ -232,6 +240,11 @@ def main() -> int:
     print(
         f"bare loop + fsync at the end:   best {best_synced:.3f} s "
         f"({size / MIB / best_synced:.0f} MiB/s), runs {', '.join(f'{s:.3f}' for s in synced)}"
+    )
+    fastest = min(range(len(upload)), key=lambda i: upload[i][0])
+    print(
+        f"  of which writes {phases[fastest][0]:.3f} s, finish (commit with fsync, move, "
+        f"link) {phases[fastest][1]:.3f} s"
     )
     print(f"throughput ratio upload/bare: {ratio:.2f} (must be >= 0.80)")
     print(
