@@ -38,7 +38,14 @@ from layergc.gc.db import open_index
 from layergc.gc.sweep import DELETED, Report, Sweeper, SweepOptions
 from layergc.gc.treegen import TreeSummary, generate
 from layergc.storage import paths
-from tests.support.damage import Snapshot, diff, missing_or_changed, quarantined_files, snapshot
+from tests.support.damage import (
+    PathFaults,
+    Snapshot,
+    diff,
+    missing_or_changed,
+    quarantined_files,
+    snapshot,
+)
 
 BLOBS = 200
 SEED = 4242
@@ -193,21 +200,6 @@ def _drop_cli_log_handler() -> None:
 
 
 # --- fail closed: a blind spot in the enumeration blocks blob deletion -------------------
-
-
-class PathFaults(FaultInjectingDriver):
-    """Fails every `operations` call on a path `match` accepts, and nothing else."""
-
-    def __init__(
-        self, driver: StorageDriver, operations: set[str], match: Callable[[str], bool]
-    ) -> None:
-        super().__init__(driver, 1.0, operations=operations, kinds=(ERROR,))
-        self.match = match
-
-    def _fault(self, operation: str, path: str) -> str | None:
-        if not self.match(path):
-            return None
-        return super()._fault(operation, path)
 
 
 def _first_repo(summary: TreeSummary) -> str:

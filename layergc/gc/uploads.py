@@ -17,8 +17,10 @@ from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
 from layergc.storage import paths
 
+# ASCII digits only: `\d` would take any Unicode digit, which is no RFC 3339.
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.(\d+))?(?:[Zz]|[+-]\d{2}:\d{2})$"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]+))?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
 
 
@@ -31,7 +33,10 @@ def parse_rfc3339(text: str) -> datetime:
     if m.group(1) and len(m.group(1)) > 6:  # Python keeps microseconds only
         text = text[: m.start(1)] + m.group(1)[:6] + text[m.end(1) :]
     value = datetime.fromisoformat(text.replace("z", "Z"))
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is past what datetime holds
+        raise ValueError(f"RFC 3339 time out of range: {text[:64]!r}") from None
 
 
 @dataclass(slots=True)
