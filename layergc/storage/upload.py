@@ -34,6 +34,7 @@ from layergc.errors import (
     PathNotFound,
     StorageDriverError,
 )
+from layergc.gc.uploads import parse_rfc3339 as parse_started_at
 from layergc.storage import hashstate, paths
 
 if TYPE_CHECKING:
@@ -53,17 +54,6 @@ _UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 def format_started_at(when: datetime) -> str:
     """Go's time.RFC3339 of a UTC time: `2026-11-19T05:34:45Z`."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_started_at(text: str) -> datetime:
-    """Any RFC 3339 time (fractions of any length, `Z` or an offset), as aware UTC."""
-    value = text.strip()
-    # fromisoformat takes at most microseconds; Go may write nanoseconds.
-    value = re.sub(r"(\.\d{6})\d+", r"\1", value)
-    when = datetime.fromisoformat(value)
-    if when.tzinfo is None:
-        raise ValueError(f"RFC 3339 time without a zone: {text!r}")
-    return when.astimezone(UTC)
 
 
 def valid_upload_id(uuid: str) -> bool:
