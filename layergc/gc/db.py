@@ -18,6 +18,10 @@ not know (a newer layergc migrated it) is refused rather than touched.
 layergc's version table is `layergc_alembic_version`, not Alembic's default, so the index can
 share a PostgreSQL database with another Alembic-managed application. Tables layergc does
 not model (APScheduler's `apscheduler_jobs`, anyone else's) are invisible to autogenerate.
+
+Alembic itself is imported only when a migration has to run: importing it costs about half
+a second of CPU at every start of `layergc`, while checking that a database is already at
+head takes one query and the migration scripts' `revision`/`down_revision` literals.
 """
 
 from __future__ import annotations
@@ -25,19 +29,20 @@ from __future__ import annotations
 import logging
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, select
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from layergc.errors import ConfigError, LayergcError
 from layergc.gc.index import Base, Index
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +145,8 @@ def alembic_config(url: str | URL | None = None, output_buffer: TextIO | None = 
     """An Alembic configuration built in code (no alembic.ini). For developers:
     `command.revision(alembic_config(url), autogenerate=True, message=...)`; offline SQL
     (`command.upgrade(config, "head", sql=True)`) is written to `output_buffer`."""
+    from alembic.config import Config
+
     config = Config(output_buffer=output_buffer)
     config.set_main_option("script_location", str(migrations_dir()))
     # "%" is ConfigParser interpolation syntax; URLs may carry it percent-encoded.
@@ -150,17 +157,71 @@ def alembic_config(url: str | URL | None = None, output_buffer: TextIO | None = 
 
 @cache
 def head_revisions() -> tuple[str, ...]:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return tuple(sorted(script.get_heads()))
 
 
 def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return {rev.revision for rev in script.walk_revisions()}
 
 
+@cache
+def declared_heads() -> tuple[str, ...] | None:
+    """The head revisions, read from the migration scripts' source without Alembic: each
+    script assigns `revision` and `down_revision` as literals. None when a script does not
+    fit that plain shape (branch labels, dependencies, no source shipped): Alembic decides
+    then. tests/test_db_lazy.py checks that this agrees with head_revisions()."""
+    import ast
+
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in sorted((migrations_dir() / "versions").glob("*.py")):
+        values: dict[str, Any] = {}
+        for node in ast.parse(script.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name):
+                try:
+                    values[target.id] = ast.literal_eval(value)
+                except (ValueError, TypeError, SyntaxError):
+                    values[target.id] = value  # not a literal: fine unless it matters below
+        revision, down = values.get("revision"), values.get("down_revision")
+        if not isinstance(revision, str) or values.get("branch_labels") or values.get("depends_on"):
+            return None
+        if isinstance(down, str):
+            down = (down,)
+        if down is not None and not (
+            isinstance(down, tuple | list) and all(isinstance(d, str) for d in down)
+        ):
+            return None
+        revisions.add(revision)
+        parents.update(down or ())
+    if not revisions:
+        return None
+    return tuple(sorted(revisions - parents))
+
+
+def _stored_revisions(conn: Connection) -> tuple[str, ...]:
+    """What the version table holds, with plain SQLAlchemy (empty when there is none)."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return ()
+    table = sa_table(VERSION_TABLE, sa_column("version_num"))
+    return tuple(sorted(conn.scalars(select(table.c.version_num))))
+
+
 def current_revisions(conn: Connection) -> tuple[str, ...]:
     """The revisions the database is at (empty for a database layergc never touched)."""
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     return tuple(sorted(context.get_current_heads()))
 
@@ -190,6 +251,8 @@ def lock_for_migration(conn: Connection) -> None:
 
 
 def _upgrade_engine(engine: Engine, revision: str) -> tuple[str, ...]:
+    from alembic import command
+
     config = alembic_config(engine.url)
     with engine.connect() as conn:
         lock_for_migration(conn)
@@ -229,6 +292,12 @@ def upgrade(url: str | URL | None = None, revision: str = "head") -> tuple[str, 
 
 def ensure_schema(engine: Engine) -> None:
     """Bring the database to head if it is new or behind; refuse an unknown revision."""
+    heads = declared_heads()
+    if heads is not None:
+        # The common case, without importing Alembic: a database already at head.
+        with engine.connect() as conn:
+            if _stored_revisions(conn) == heads:
+                return
     with engine.connect() as conn:
         current = current_revisions(conn)
     if current == head_revisions():

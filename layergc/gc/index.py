@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -54,6 +56,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.schema import Index as SqlIndex
 from sqlalchemy.sql import Select
+
+from layergc.digest import ALGORITHMS, Digest
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +300,21 @@ def _join_digests(digests: Sequence[str] | None, what: str) -> str:
     if len(joined.split()) != len(digests or ()):
         raise ValueError(f"{what}: a digest is empty or holds whitespace: {digests!r}")
     return joined
+
+
+def _reference_entry(row: Sequence[Any]) -> dict[str, Any]:
+    """get_references' form of a stored row (see reference_rows)."""
+    _digest, media_type, kind, blobs, children, subject, extra = row
+    entry = {
+        "media_type": media_type,
+        "kind": kind,
+        "blobs": blobs.split(),
+        "children": children.split(),
+        "subject": subject,
+    }
+    if extra:
+        entry.update(extra)
+    return entry
 
 
 def _reference_row(digest: str, value: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -771,25 +790,19 @@ class Index:
         """Cached references for the digests that have them, each as
         {"media_type", "kind", "blobs": [...], "children": [...], "subject", **extra}:
         what `put_references` got, less extra fields that were empty."""
+        return {row[0]: _reference_entry(row) for row in self.reference_rows(digests)}
+
+    def reference_rows(self, digests: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+        """The stored rows behind get_references: (digest, media_type, kind, blobs,
+        children, subject, extra), the digest lists as space-separated text. A caller
+        that converts each row at once never holds every entry twice."""
         m = ManifestReferences.__table__.c
         columns = (m.digest, m.media_type, m.kind, m.blobs, m.children, m.subject, m.extra)
-        found: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks(digests, LOOKUP_CHUNK):
                 query = select(*columns).where(self._member_of(m.digest, chunk))
-                rows = conn.execute(query).all()  # one fetchall: far cheaper than row by row
-                for digest, media_type, kind, blobs, children, subject, extra in rows:
-                    entry = {
-                        "media_type": media_type,
-                        "kind": kind,
-                        "blobs": blobs.split(),
-                        "children": children.split(),
-                        "subject": subject,
-                    }
-                    if extra:
-                        entry.update(extra)
-                    found[digest] = entry
-        return found
+                # One fetchall per chunk: far cheaper than row by row.
+                yield from conn.execute(query).all()
 
     def put_references(self, mapping: Mapping[str, Mapping[str, Any]]) -> int:
         """Cache what manifests reference: digest -> {"media_type", "kind", "blobs",
@@ -909,12 +922,62 @@ class IndexReferenceCache:
         self.index = index
 
     def get_many(self, digests: Iterable[Any]) -> dict[Any, Any]:
-        # Imported here: the index must not need the manifest parser to open or migrate.
-        from layergc.storage.manifests import ManifestRefs
-
         wanted = {str(d): d for d in digests}
-        found = self.index.get_references(wanted)
-        return {wanted[key]: ManifestRefs.from_dict(value) for key, value in found.items()}
+        # One Digest per digest string across every entry (layers are shared by many
+        # manifests), and each row converted as it comes: a repeated mark loads every
+        # manifest's entry, and the intermediate dicts of get_references, or
+        # Digest.parse per reference, cost more time and memory than the rest of it.
+        by_text: dict[str, Digest] = {}
+        return {
+            wanted[row[0]]: _cached_refs(row, by_text) for row in self.index.reference_rows(wanted)
+        }
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:
         self.index.put_references({str(d): r.to_dict() for d, r in refs.items()})
+
+
+def _cached_refs(row: Sequence[Any], by_text: dict[str, Digest]) -> Any:
+    """ManifestRefs.from_dict of a stored row (see Index.reference_rows), faster. What
+    the fast path does not take (extra fields, an unknown kind or algorithm, a malformed
+    digest) goes through from_dict, which judges it (and raises) as before."""
+    # Imported here: the index must not need the manifest parser to open or migrate.
+    from layergc.storage.manifests import ManifestRefs
+
+    _digest, media_type, kind, blobs, children, subject, extra = row
+    if not extra and kind in _MANIFEST_KINDS:
+        blob_digests = _digests(blobs, by_text)
+        child_digests = _digests(children, by_text)
+        subject_digest = _digests(subject, by_text) if subject else ()
+        if blob_digests is not None and child_digests is not None and subject_digest is not None:
+            return ManifestRefs(
+                media_type=str(media_type),
+                kind=kind,
+                blobs=blob_digests,
+                children=child_digests,
+                subject=subject_digest[0] if subject_digest else None,
+            )
+    return ManifestRefs.from_dict(_reference_entry(row))
+
+
+def _digests(text: str, by_text: dict[str, Digest]) -> tuple[Digest, ...] | None:
+    """The Digests of space-separated digest strings (as put_references stores them),
+    one object per string through `by_text`; None unless every one is a well-formed
+    digest of a supported algorithm. One regular expression checks a whole list: the
+    per-digest checks of Digest.parse were most of a repeated mark's cache reads."""
+    if not _DIGEST_LIST.fullmatch(text):
+        return None
+    found = []
+    for token in text.split(" ") if text else ():
+        d = by_text.get(token)
+        if d is None:
+            algorithm, _, hex_ = token.partition(":")
+            # sys.intern: the same string as the blob listing's, not a copy per manifest.
+            d = by_text[token] = Digest(_ALGORITHM_NAMES[algorithm], sys.intern(hex_))
+        found.append(d)
+    return tuple(found)
+
+
+_ALGORITHM_NAMES: Final = {name: name for name in ALGORITHMS}
+_ONE_DIGEST: Final = "|".join(f"{name}:[0-9a-f]{{{n}}}" for name, n in ALGORITHMS.items())
+_DIGEST_LIST: Final = re.compile(f"(?:(?:{_ONE_DIGEST})(?: (?:{_ONE_DIGEST}))*)?")
+_MANIFEST_KINDS: Final = frozenset(("image", "index", "schema1", "unknown"))

@@ -1,0 +1,88 @@
+"""The reference cache adapter's fast path (gc/index.py, IndexReferenceCache.get_many)
+must give exactly what ManifestRefs.from_dict gives, and fall back to it (with its
+errors) for anything it does not take."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from layergc.digest import Digest
+from layergc.gc.db import open_index
+from layergc.gc.index import Index, ManifestReferences
+from layergc.storage.manifests import ManifestRefs
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    with open_index(str(tmp_path / "index.db")) as idx:
+        yield idx
+
+
+def d(n: int, algorithm: str = "sha256") -> Digest:
+    length = {"sha256": 64, "sha384": 96, "sha512": 128}[algorithm]
+    return Digest(algorithm, f"{n:0{length}x}")
+
+
+CASES = {
+    d(1): ManifestRefs("application/vnd.oci.image.manifest.v1+json", "image", (d(10), d(11))),
+    d(2): ManifestRefs(
+        "application/vnd.oci.image.index.v1+json",
+        "index",
+        children=(d(1), d(3, "sha512")),
+        subject=d(4, "sha384"),
+    ),
+    d(3): ManifestRefs(
+        "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema1", (d(10),)
+    ),
+    d(4): ManifestRefs("", "unknown", (d(11), d(12)), unknown_algorithms=("md5:abc",)),
+    d(5): ManifestRefs("application/vnd.oci.image.manifest.v1+json", "image"),
+}
+
+
+def test_round_trip_shares_digest_objects(index: Index) -> None:
+    cache = index.reference_cache()
+    cache.put_many(CASES)
+    got = cache.get_many([*CASES, d(99)])
+    assert got == CASES
+    # A digest referenced by two manifests comes back as one object.
+    assert got[d(1)].blobs[0] is got[d(3)].blobs[0]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"kind": "bogus", "blobs": "", "children": ""},
+        {"kind": "image", "blobs": f"sha256:{'A' * 64}", "children": ""},
+        {"kind": "image", "blobs": f"sha256:{'a' * 63}", "children": ""},
+        {"kind": "image", "blobs": f"md5:{'a' * 32}", "children": ""},
+        {"kind": "index", "blobs": "", "children": f"sha256:{'a' * 64}", "subject": "nope"},
+    ],
+)
+def test_rows_the_fast_path_refuses_fail_as_from_dict_does(
+    index: Index, row: dict[str, str]
+) -> None:
+    key = str(d(7))
+    with index.engine.begin() as conn:
+        conn.execute(insert(ManifestReferences).values(digest=key, media_type="x", **row))
+    entry = index.get_references([key])[key]
+    with pytest.raises(Exception) as expected:
+        ManifestRefs.from_dict(entry)
+    with pytest.raises(type(expected.value)):
+        index.reference_cache().get_many([d(7)])
+
+
+def test_odd_spacing_still_reads_as_from_dict_does(index: Index) -> None:
+    key = str(d(8))
+    blobs = f"{d(10)}  {d(11)}"  # not what put_references writes, but split() reads it
+    with index.engine.begin() as conn:
+        conn.execute(
+            insert(ManifestReferences).values(
+                digest=key, media_type=None, kind="image", blobs=blobs, children=""
+            )
+        )
+    expected = ManifestRefs.from_dict(index.get_references([key])[key])
+    assert index.reference_cache().get_many([d(8)]) == {d(8): expected}
