@@ -446,13 +446,22 @@ class Sweeper:
                 return digest, f"cannot stat {path}: {exc}"
             return digest, (info.size, old)
 
+        def some(chunk: list[Digest]) -> list[tuple[Digest, tuple[int, bool] | str | None]]:
+            return [one(digest) for digest in chunk]
+
+        # Many stats per task: a future per stat cost as much CPU as the stat itself
+        # on a warm local disk, while a cold disk or remote storage still gets up to
+        # `workers` requests in flight.
+        size = max(1, min(256, len(digests) // (4 * self.options.workers)))
+        chunks = [digests[i : i + size] for i in range(0, len(digests), size)]
         results: dict[Digest, tuple[int, bool]] = {}
         with ThreadPoolExecutor(max_workers=self.options.workers) as pool:
-            for digest, value in pool.map(one, digests):
-                if isinstance(value, str):
-                    report.error("stat-failed", value, paths.blob_dir(digest))
-                elif value is not None:
-                    results[digest] = value
+            for part in pool.map(some, chunks):
+                for digest, value in part:
+                    if isinstance(value, str):
+                        report.error("stat-failed", value, paths.blob_dir(digest))
+                    elif value is not None:
+                        results[digest] = value
         return results
 
     # --- the delete protocol ----------------------------------------------------
