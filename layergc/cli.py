@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from layergc.errors import ConfigError, LayergcError
+from layergc.signals import stop_on_signals
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -113,21 +112,6 @@ def _configure_logging(settings: Any, verbose: int, *, quiet_default: bool) -> N
     configure_logging(settings.log_format or "text", level)
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT end a sweep at its next safe point (a quarantine is rolled back)."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="layergc")
 def main() -> None:
@@ -151,7 +135,7 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
     progress = Progress()
     stop = threading.Event()
     try:
-        with _stop_on_signals(stop):
+        with stop_on_signals(stop):
             report = run_sweep(settings, progress=progress, stop=stop, take_lease=True)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

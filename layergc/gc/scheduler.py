@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -92,6 +91,7 @@ from layergc.errors import ConfigError
 from layergc.gc.lease import LEASE_NAME, Heartbeat
 from layergc.logs import bind
 from layergc.metrics import METRICS, Metrics, MetricsServer
+from layergc.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -644,25 +644,6 @@ def _default_run_fn() -> RunFn:
 # --- the entry point ------------------------------------------------------------------
 
 
-@contextmanager
-def _signals_set(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop` (only the main thread may install handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def serve(
     settings: Settings,
     run_fn: RunFn | None = None,
@@ -675,7 +656,7 @@ def serve(
     """Run `layergc serve` until SIGTERM/SIGINT (or `stop`); returns the exit status, 0."""
     stop = stop or threading.Event()
     replica = Replica(settings, run_fn, index=index, metrics=metrics, stop=stop)
-    with _signals_set(stop):
+    with stop_on_signals(stop):
         replica.start()
         try:
             if on_started is not None:
