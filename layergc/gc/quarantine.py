@@ -9,11 +9,13 @@ trusting anything but the tree itself (the index only adds what the run was).
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from layergc.digest import Digest
 from layergc.driver.base import FileInfo, FileWriter, StorageDriver
-from layergc.errors import PathNotFound
+from layergc.errors import InvalidDigest, PathNotFound, StorageDriverError
 from layergc.gc.crashpoints import crash_point
 from layergc.storage import paths
 
@@ -108,6 +110,41 @@ def restore_leftovers(driver: StorageDriver) -> list[str]:
             extra={"quarantine_run": run_id, "files": len(restored)},
         )
     return restored
+
+
+def settle_index(driver: StorageDriver, index: Any) -> tuple[int, int]:
+    """After restore_leftovers: settle the index rows a crashed run left "quarantined".
+
+    An object that is gone was deleted by that run before it died: its row says
+    "deleted", and the audit log gets it under that run (unless the run wrote it
+    there before dying). One that is back (restore_leftovers put it back) is
+    "pending" again, with its grace period kept, and this run judges it afresh.
+    Returns (deleted, pending).
+    """
+    gone: dict[str, list[str]] = defaultdict(list)
+    back: dict[str, list[str]] = defaultdict(list)
+    audit: dict[int, list[tuple[str, str, str | None, int | None]]] = defaultdict(list)
+    for row in index.quarantined():
+        try:
+            if row.kind == "blob":
+                path = paths.blob_data(Digest.parse(row.key))
+            else:
+                repository, _, digest = row.key.rpartition("@")
+                path = paths.manifest_revision_link(repository, Digest.parse(digest))
+            exists = driver.exists(path)
+        except (InvalidDigest, StorageDriverError):
+            continue  # unsure: a later run settles it
+        (back if exists else gone)[row.kind].append(row.key)
+        if not exists and row.last_run_id is not None:
+            audit[row.last_run_id].append((row.kind, row.key, row.repository, row.size))
+    for run_id, items in audit.items():
+        done = {(d.kind, d.key) for d in index.deletions(run_id)}
+        index.record_deletions(run_id, [i for i in items if (i[0], i[1]) not in done])
+    for kind, keys in gone.items():
+        index.set_state(kind, keys, "deleted")
+    for kind, keys in back.items():
+        index.set_state(kind, keys, "pending")
+    return sum(map(len, gone.values())), sum(map(len, back.values()))
 
 
 class QuarantineOverlay(StorageDriver):

@@ -54,7 +54,12 @@ from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
 from layergc.gc import scan
 from layergc.gc.crashpoints import crash_point
-from layergc.gc.quarantine import Quarantine, QuarantineOverlay, restore_leftovers
+from layergc.gc.quarantine import (
+    Quarantine,
+    QuarantineOverlay,
+    restore_leftovers,
+    settle_index,
+)
 from layergc.gc.uploads import UploadInfo, purge_upload, stale_uploads
 from layergc.logs import bind_run
 from layergc.storage import paths
@@ -259,6 +264,7 @@ class Sweeper:
                 report.warnings.append(
                     f"restored {len(restored)} files left in quarantine by an interrupted run"
                 )
+            settle_index(self.driver, self.index)
         self._check_stop()
         mark = scan.mark(
             self.driver,
@@ -667,6 +673,12 @@ class Sweeper:
             key = f"{entry['repository']}@{entry['digest']}"
             entry["action"] = actions.get(("manifest", key), entry["action"])
         report.bytes_reclaimed += sum(d.size for d in deleted)
+        # The audit log first: a crash before the rows leave "quarantined" is then
+        # settled by the next run (settle_index) without a deletion logged twice.
+        crash_point("index")
+        self.index.record_deletions(
+            report.run_id, [(d.kind, d.key, d.repository, d.size) for d in deleted]
+        )
         for kind in ("blob", "manifest"):
             crash_point("index")
             by_state: dict[str, list[str]] = defaultdict(list)
@@ -677,10 +689,6 @@ class Sweeper:
                     by_state[state].append(item.key)
             for state, keys in by_state.items():
                 self.index.set_state(kind, keys, state)
-        crash_point("index")
-        self.index.record_deletions(
-            report.run_id, [(d.kind, d.key, d.repository, d.size) for d in deleted]
-        )
         crash_point("index")
         if self.stop.is_set():
             raise Interrupted
