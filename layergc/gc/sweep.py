@@ -42,9 +42,11 @@ import shlex
 import socket
 import subprocess
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -52,7 +54,7 @@ from typing import Any, Protocol
 from layergc.digest import Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
-from layergc.gc import scan
+from layergc.gc import scan, snapshot
 from layergc.gc.crashpoints import crash_point
 from layergc.gc.quarantine import (
     Quarantine,
@@ -63,6 +65,7 @@ from layergc.gc.quarantine import (
 from layergc.gc.uploads import UploadInfo, purge_upload, stale_uploads
 from layergc.logs import bind_run
 from layergc.storage import paths
+from layergc.storage.links import write_link
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,9 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     top_repositories: list[dict[str, Any]] = field(default_factory=list)
     blob_deletion_blocked: bool = False
+    # Wall time per phase: listing (the S3 snapshot), the mark's own phases
+    # (mark.<phase>), uploads, decide (candidates' checks), delete.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def error(self, kind: str, message: str, path: str | None = None, **extra: Any) -> None:
         entry: dict[str, Any] = {"kind": kind, "message": message}
@@ -161,6 +167,7 @@ class Report:
             "bytes_reclaimable": self.bytes_reclaimable,
             "blob_deletion_blocked": self.blob_deletion_blocked,
             "top_repositories": self.top_repositories,
+            "seconds": self.seconds,
             "warnings": self.warnings,
             "errors": self.errors,
         }
@@ -212,6 +219,12 @@ class Sweeper:
         self.stop = stop or threading.Event()
         self.progress = progress
         self.hook_observer = hook_observer
+        # What the run reads storage through: a listing snapshot on S3 (see
+        # gc/snapshot.py), the driver itself elsewhere. Never used to write.
+        self.view: StorageDriver = driver
+        # Objects move and go one at a time on a local disk; on remote storage,
+        # where each costs round trips, this many at once.
+        self.parallel = 1 if driver.name in _LOCAL_DRIVERS else max(1, options.workers)
 
     # --- the run -------------------------------------------------------------
 
@@ -256,6 +269,37 @@ class Sweeper:
         if self.stop.is_set():
             raise Interrupted
 
+    @contextmanager
+    def _timed(self, report: Report, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            report.seconds[phase] = round(time.perf_counter() - started, 3)
+
+    def _each(self, items: list[Any], fn: Callable[[Any], None], *, always: bool = False) -> None:
+        """fn(item) for every item, `self.parallel` at a time; the first error is
+        raised once every item has been tried. After a stop no more are started
+        (Interrupted is raised), unless `always`: fn then sees the stop itself."""
+        if self.parallel == 1 or len(items) < 2:
+            for item in items:
+                if not always:
+                    self._check_stop()
+                fn(item)
+            return
+
+        def guarded(item: Any) -> None:
+            if always or not self.stop.is_set():
+                fn(item)
+
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="layergc-sweep") as pool:
+            futures = [pool.submit(guarded, item) for item in items]
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise errors[0]
+        if not always:
+            self._check_stop()
+
     def _run(self, report: Report, mode: str) -> None:
         opts = self.options
         if not opts.dry_run:
@@ -266,12 +310,15 @@ class Sweeper:
                 )
             settle_index(self.driver, self.index)
         self._check_stop()
+        with self._timed(report, "listing"):
+            self.view = snapshot.take(self.driver)
         mark = scan.mark(
-            self.driver,
+            self.view,
             delete_untagged=opts.delete_untagged and mode == SWEEP,
             reference_cache=self._reference_cache(),
             progress=self.progress,
         )
+        report.seconds.update({f"mark.{k}": v for k, v in mark.stats.seconds.items()})
         report.repositories = len(mark.repositories)
         report.manifests_marked = sum(1 for m in mark.manifests if m.kept)
         report.blobs_marked = len(mark.marked)
@@ -280,22 +327,23 @@ class Sweeper:
         self._check_stop()
 
         now = _now()
-        self._sweep_uploads(report, mark.uploads, now)
+        with self._timed(report, "uploads"):
+            self._sweep_uploads(report, mark.uploads, now)
         if mode != SWEEP:
             return
         self._check_stop()
-        doomed_manifests, kept_by_deferred = self._decide_manifests(report, mark, now)
-        doomed_blobs = self._decide_blobs(report, mark, kept_by_deferred, now)
+        with self._timed(report, "decide"):
+            doomed_manifests, kept_by_deferred = self._decide_manifests(report, mark, now)
+            doomed_blobs = self._decide_blobs(report, mark, kept_by_deferred, now)
         if opts.dry_run or not (doomed_blobs or doomed_manifests):
             return
-        self._delete(report, mark, doomed_blobs + doomed_manifests)
+        with self._timed(report, "delete"):
+            self._delete(report, mark, doomed_blobs + doomed_manifests)
 
     # --- uploads -------------------------------------------------------------
 
     def _sweep_uploads(self, report: Report, uploads: list[tuple[str, str]], now: datetime) -> None:
-        stale, fresh, errors = stale_uploads(
-            self.driver, uploads, self.options.upload_timeout, now
-        )
+        stale, fresh, errors = self._inspect_uploads(uploads, now)
         for repository, uuid, message in errors:
             report.error("upload-unreadable", message, paths.upload_dir(repository, uuid))
         self.index.observe_unreferenced(
@@ -307,23 +355,55 @@ class Sweeper:
         for info in stale + fresh:
             if info.warning:
                 report.warnings.append(f"upload {info.repository}/{info.uuid}: {info.warning}")
+        outcomes: dict[int, str] = {}
+
+        def purge(i: int) -> None:
+            info = stale[i]
+            try:
+                purge_upload(self.driver, info)
+                crash_point("upload")
+                outcomes[i] = DELETED
+            except StorageDriverError as exc:
+                outcomes[i] = FAILED
+                report.error(
+                    "upload-delete-failed", str(exc), paths.upload_dir(info.repository, info.uuid)
+                )
+
+        try:
+            if self.options.dry_run:
+                outcomes = dict.fromkeys(range(len(stale)), WOULD_DELETE)
+            else:
+                self._each(list(range(len(stale))), purge)
+        finally:  # on a stop too: what was done is reported and recorded
+            self._report_uploads(report, stale, outcomes)
+
+    def _inspect_uploads(
+        self, uploads: list[tuple[str, str]], now: datetime
+    ) -> tuple[list[UploadInfo], list[UploadInfo], list[tuple[str, str, str]]]:
+        """stale_uploads, over `self.parallel` slices at once (a read per upload)."""
+        timeout = self.options.upload_timeout
+        if self.parallel == 1 or len(uploads) < 2:
+            return stale_uploads(self.view, uploads, timeout, now)
+        step = -(-len(uploads) // self.parallel)
+        slices = [uploads[i : i + step] for i in range(0, len(uploads), step)]
+        with ThreadPoolExecutor(len(slices), thread_name_prefix="layergc-uploads") as pool:
+            parts = list(pool.map(lambda s: stale_uploads(self.view, s, timeout, now), slices))
+        return (
+            [u for p in parts for u in p[0]],
+            [u for p in parts for u in p[1]],
+            [e for p in parts for e in p[2]],
+        )
+
+    def _report_uploads(
+        self, report: Report, stale: list[UploadInfo], outcomes: dict[int, str]
+    ) -> None:
         deleted: list[UploadInfo] = []
-        for info in stale:
-            action = WOULD_DELETE
-            if not self.options.dry_run:
-                self._check_stop()
-                try:
-                    purge_upload(self.driver, info)
-                    crash_point("upload")
-                    action = DELETED
-                    deleted.append(info)
-                except StorageDriverError as exc:
-                    action = FAILED
-                    report.error(
-                        "upload-delete-failed",
-                        str(exc),
-                        paths.upload_dir(info.repository, info.uuid),
-                    )
+        for i, info in enumerate(stale):
+            action = outcomes.get(i)
+            if action is None:
+                continue  # not reached before a stop
+            if action == DELETED:
+                deleted.append(info)
             report.uploads.append(
                 {
                     "repository": info.repository,
@@ -368,7 +448,7 @@ class Sweeper:
             if eligible:
                 link_path = paths.manifest_revision_link(repo, digest)
                 try:
-                    eligible = self._old_enough(self.driver.stat(link_path).mod_time, now)
+                    eligible = self._old_enough(self.view.stat(link_path).mod_time, now)
                 except PathNotFound:
                     eligible = False  # deleted meanwhile: nothing to do
                 except StorageDriverError as exc:  # one object, not the run
@@ -436,14 +516,14 @@ class Sweeper:
         def one(digest: Digest) -> tuple[Digest, tuple[int, bool] | str | None]:
             path = paths.blob_data(digest)
             try:
-                info = self.driver.stat(path)
+                info = self.view.stat(path)
                 old = self._old_enough(info.mod_time, now)
                 for repo in layer_links.get(digest, ()):
                     if not old:
                         break
                     path = paths.layer_link(repo, digest)
                     try:
-                        old = self._old_enough(self.driver.stat(path).mod_time, now)
+                        old = self._old_enough(self.view.stat(path).mod_time, now)
                     except PathNotFound:
                         continue
             except PathNotFound:
@@ -497,16 +577,20 @@ class Sweeper:
             keys = [d.key for d in doomed if d.kind == kind]
             if keys:
                 self.index.set_state(kind, keys, "quarantined", quarantine_path=quarantine.root)
+
+        def units(item: Doomed) -> None:
+            item.units = self._units(item, mark)
+
+        def hold(item: Doomed) -> None:
+            item.held = quarantine.hold(item.units[0])
+            for unit in item.units[1:]:
+                quarantine.hold(unit)
+            crash_point("hold")
+
         try:
-            for item in doomed:
-                item.units = self._units(item, mark)
+            self._each(doomed, units)
             # (1) quarantine
-            for item in doomed:
-                self._check_stop()
-                item.held = quarantine.hold(item.units[0])
-                for unit in item.units[1:]:
-                    quarantine.hold(unit)
-                crash_point("hold")
+            self._each(doomed, hold)
             crash_point("quarantined")
             blob_digests = [str(d.digest) for d in doomed if d.kind == "blob"]
             hook_ran = self._forget(blob_digests, report)
@@ -517,7 +601,7 @@ class Sweeper:
             # (3) re-check
             self._check_stop()
             remark = scan.mark(
-                QuarantineOverlay(self.driver, quarantine),
+                snapshot.take(QuarantineOverlay(self.driver, quarantine), self.driver),
                 delete_untagged=self.options.delete_untagged,
                 reference_cache=self._reference_cache(),
             )
@@ -586,9 +670,11 @@ class Sweeper:
             self.stop.wait(wait)
 
     def _restore_all(self, quarantine: Quarantine, doomed: list[Doomed], report: Report) -> None:
-        for item in doomed:
+        def restore(item: Doomed) -> None:
             for unit in item.units:
                 self._restore(quarantine, unit, report)
+
+        self._each(doomed, restore, always=True)
         self._close(quarantine, report)
         for kind in ("blob", "manifest"):
             keys = [d.key for d in doomed if d.kind == kind]
@@ -633,11 +719,8 @@ class Sweeper:
     ) -> None:
         actions: dict[tuple[str, str], str] = {}
         deleted: list[Doomed] = []
-        # Crash order: a manifest goes before the blobs (its own blob among them),
-        # and an object's links before its primary folder. A run killed in between
-        # then leaves, restored by the next run, a whole object that is still
-        # garbage, never a revision link without its blob or a dangling link.
-        for item in sorted(doomed, key=lambda d: d.kind != "manifest"):
+
+        def finish(item: Doomed) -> None:
             restore = (
                 item.digest in needed
                 if item.kind == "blob"
@@ -647,14 +730,10 @@ class Sweeper:
                 restored = [self._restore(quarantine, unit, report) for unit in item.units]
                 action = (KEPT if restore else DEFERRED) if all(restored) else FAILED
                 actions[(item.kind, item.key)] = action
-                continue
+                return
             try:
                 if item.kind == "blob":
-                    for repo in remark.layer_links.get(item.digest, ()):  # links made meanwhile
-                        try:
-                            self.driver.delete(paths.layer_link_dir(repo, item.digest))
-                        except PathNotFound:
-                            pass
+                    self._drop_new_links(item.digest, remark.layer_links.get(item.digest, ()))
                 for unit in item.units[1:] + item.units[:1]:
                     quarantine.purge(unit)
                 actions[(item.kind, item.key)] = DELETED
@@ -663,6 +742,13 @@ class Sweeper:
             except StorageDriverError as exc:
                 actions[(item.kind, item.key)] = FAILED
                 report.error("delete-failed", str(exc), item.units[0])
+
+        # Crash order: every manifest goes before the blobs (its own blob among
+        # them), and an object's links before its primary folder. A run killed in
+        # between then leaves, restored by the next run, a whole object that is
+        # still garbage, never a revision link without its blob or a dangling link.
+        for kind in ("manifest", "blob"):
+            self._each([d for d in doomed if d.kind == kind], finish, always=True)
         self._close(quarantine, report)
         blob_digests = [str(d.digest) for d in deleted if d.kind == "blob"]
         if self.blob_cache is not None and blob_digests:
@@ -693,9 +779,29 @@ class Sweeper:
         if self.stop.is_set():
             raise Interrupted
 
+    def _drop_new_links(self, digest: Digest, repositories: Iterable[str]) -> None:
+        """Delete the layer links to a going blob that were written during the protocol
+        (by uploads that found it still there: dangling once it goes), unless the blob
+        was uploaded again meanwhile. Then a link may be that upload's, and a manifest
+        pushed right after the re-check needs it: every deleted one is written back. The
+        check comes after the deletes, so an upload landing in between is covered too."""
+        dropped = []
+        for repo in repositories:
+            try:
+                self.driver.delete(paths.layer_link_dir(repo, digest))
+                dropped.append(repo)
+            except PathNotFound:
+                pass
+        if dropped and self.driver.exists(paths.blob_data(digest)):
+            for repo in dropped:
+                write_link(self.driver, paths.layer_link(repo, digest), digest)
+
     def _reference_cache(self) -> Any:
         factory = getattr(self.index, "reference_cache", None)
         return factory() if factory is not None else None
+
+
+_LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 
 
 class HookFailed(Exception):
