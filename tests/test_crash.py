@@ -163,6 +163,7 @@ class Expected:
     tree: Snapshot
     steps: Counter[str]
     report: dict[str, Any]
+    deletions: Counter[tuple[str, str]]  # the audit log: (kind, key) deleted
 
 
 def uninterrupted(backend: Backend, untagged: bool, template_db: Path) -> Expected:
@@ -180,7 +181,11 @@ def uninterrupted(backend: Backend, untagged: bool, template_db: Path) -> Expect
         assert report["status"] == "succeeded" and not report["errors"]
         steps = Counter(trace.read_text().split())
         steps["any"] = sum(steps.values())
-        return Expected(snapshot(driver), steps, report)
+        with open_index(f"sqlite:///{db}") as index:
+            deletions = Counter(
+                (d.kind, d.key) for d in index.deletions(report["run_id"]) if d.kind != "upload"
+            )
+        return Expected(snapshot(driver), steps, report, deletions)
     finally:
         backend.release(driver)
 
@@ -267,8 +272,19 @@ def run_trial(backend: Backend, trial: Trial, expected: Expected, template_db: P
         assert report["status"] == "succeeded" and not report["errors"], report["errors"]
         with open_index(f"sqlite:///{db}") as index:
             statuses = {r.id: r.status for r in index.runs(None)}
+            stuck = index.quarantined()
+            audited = Counter(
+                (d.kind, d.key)
+                for run in statuses
+                for d in index.deletions(run)
+                if d.kind != "upload"
+            )
         assert all(statuses[r] == "interrupted" for r in killed_runs), statuses
         assert statuses[report["run_id"]] == "succeeded"
+        # The index agrees with storage: nothing left "quarantined", and the audit
+        # log holds each deletion once, as after one uninterrupted sweep.
+        assert not stuck, stuck[:5]
+        assert audited == expected.deletions, audited ^ expected.deletions
 
         final = snapshot(driver)
         assert final == expected.tree, diff(expected.tree, final)

@@ -515,6 +515,12 @@ CASES: list[Damage] = [
     Damage("startedat-no-zone", "warning", _startedat(b"2026-11-19T05:34:45"), exit_code=0),
     Damage("startedat-missing", "warning", _startedat(None), exit_code=0),
     Damage(
+        "startedat-out-of-range",
+        "warning",
+        _startedat(b"9999-12-31T23:59:59-01:00"),
+        exit_code=0,
+    ),
+    Damage(
         "startedat-garbage-old-files",
         "warning",
         _startedat(b"\x00garbage", age=timedelta(days=30)),
