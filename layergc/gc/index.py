@@ -801,14 +801,22 @@ class Index:
         with self.engine.connect() as conn:
             for chunk in _chunks(digests, LOOKUP_CHUNK):
                 query = select(*columns).where(self._member_of(m.digest, chunk))
-                # One fetchall per chunk: far cheaper than row by row.
-                yield from conn.execute(query).all()
+                # Thousands of rows per fetch: far cheaper than row by row, and less
+                # memory than the whole chunk at once.
+                for rows in conn.execute(query).partitions(2000):
+                    yield from rows
 
-    def put_references(self, mapping: Mapping[str, Mapping[str, Any]]) -> int:
+    def put_references(
+        self,
+        mapping: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]],
+    ) -> int:
         """Cache what manifests reference: digest -> {"media_type", "kind", "blobs",
         "children", "subject", and any other JSON-able fields}, as `ManifestRefs.to_dict`
         gives. A digest already cached is left alone (manifests are immutable, and a
-        concurrent writer computed the same thing). Returns how many entries were offered."""
+        concurrent writer computed the same thing). Returns how many entries were offered.
+        (digest, entry) pairs may come from an iterator instead: they are then made and
+        written one chunk at a time."""
+        items = mapping.items() if isinstance(mapping, Mapping) else mapping
         m = ManifestReferences.__table__.c
         columns = {
             "digest": Text(),
@@ -821,7 +829,7 @@ class Index:
         }
         offered = 0
         with self.engine.begin() as conn:
-            for chunk in _chunks(mapping.items(), CHUNK):
+            for chunk in _chunks(items, CHUNK):
                 src = self._bulk_rows(
                     columns, [_reference_row(digest, value) for digest, value in chunk]
                 ).subquery("refs")
@@ -923,20 +931,22 @@ class IndexReferenceCache:
 
     def get_many(self, digests: Iterable[Any]) -> dict[Any, Any]:
         wanted = {str(d): d for d in digests}
-        # One Digest per digest string across every entry (layers are shared by many
-        # manifests), and each row converted as it comes: a repeated mark loads every
-        # manifest's entry, and the intermediate dicts of get_references, or
-        # Digest.parse per reference, cost more time and memory than the rest of it.
-        by_text: dict[str, Digest] = {}
+        # One Digest per digest across every entry (layers are shared by many manifests),
+        # and each row converted as it comes: a repeated mark loads every manifest's
+        # entry, and the intermediate dicts of get_references, or Digest.parse per
+        # reference, cost more time and memory than the rest of it.
+        by_hex: dict[str, Digest] = {}
         return {
-            wanted[row[0]]: _cached_refs(row, by_text) for row in self.index.reference_rows(wanted)
+            wanted[row[0]]: _cached_refs(row, by_hex) for row in self.index.reference_rows(wanted)
         }
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:
-        self.index.put_references({str(d): r.to_dict() for d, r in refs.items()})
+        # Entries made as they are written: a first mark's whole set in to_dict form at
+        # once was the peak of that run's memory.
+        self.index.put_references((str(d), r.to_dict()) for d, r in refs.items())
 
 
-def _cached_refs(row: Sequence[Any], by_text: dict[str, Digest]) -> Any:
+def _cached_refs(row: Sequence[Any], by_hex: dict[str, Digest]) -> Any:
     """ManifestRefs.from_dict of a stored row (see Index.reference_rows), faster. What
     the fast path does not take (extra fields, an unknown kind or algorithm, a malformed
     digest) goes through from_dict, which judges it (and raises) as before."""
@@ -945,9 +955,9 @@ def _cached_refs(row: Sequence[Any], by_text: dict[str, Digest]) -> Any:
 
     _digest, media_type, kind, blobs, children, subject, extra = row
     if not extra and kind in _MANIFEST_KINDS:
-        blob_digests = _digests(blobs, by_text)
-        child_digests = _digests(children, by_text)
-        subject_digest = _digests(subject, by_text) if subject else ()
+        blob_digests = _digests(blobs, by_hex)
+        child_digests = _digests(children, by_hex)
+        subject_digest = _digests(subject, by_hex) if subject else ()
         if blob_digests is not None and child_digests is not None and subject_digest is not None:
             return ManifestRefs(
                 media_type=str(media_type),
@@ -959,20 +969,22 @@ def _cached_refs(row: Sequence[Any], by_text: dict[str, Digest]) -> Any:
     return ManifestRefs.from_dict(_reference_entry(row))
 
 
-def _digests(text: str, by_text: dict[str, Digest]) -> tuple[Digest, ...] | None:
+def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
     """The Digests of space-separated digest strings (as put_references stores them),
-    one object per string through `by_text`; None unless every one is a well-formed
+    one object per digest through `by_hex`; None unless every one is a well-formed
     digest of a supported algorithm. One regular expression checks a whole list: the
     per-digest checks of Digest.parse were most of a repeated mark's cache reads."""
     if not _DIGEST_LIST.fullmatch(text):
         return None
     found = []
     for token in text.split(" ") if text else ():
-        d = by_text.get(token)
+        algorithm, _, hex_ = token.partition(":")
+        # The blob listing's own string (the mark interns it), not a copy per manifest;
+        # and the hex alone names the digest: each algorithm has its own length.
+        hex_ = sys.intern(hex_)
+        d = by_hex.get(hex_)
         if d is None:
-            algorithm, _, hex_ = token.partition(":")
-            # sys.intern: the same string as the blob listing's, not a copy per manifest.
-            d = by_text[token] = Digest(_ALGORITHM_NAMES[algorithm], sys.intern(hex_))
+            d = by_hex[hex_] = Digest(_ALGORITHM_NAMES[algorithm], hex_)
         found.append(d)
     return tuple(found)
 
