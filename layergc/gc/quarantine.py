@@ -172,7 +172,14 @@ class QuarantineOverlay(StorageDriver):
         raise PermissionError("the quarantine overlay is read-only")
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
-        return self._driver.reader(path, offset)
+        # The mark reads manifests with a reader on every driver but a local one read
+        # serially: without this fallback a quarantined manifest would look missing.
+        try:
+            return self._driver.reader(path, offset)
+        except PathNotFound:
+            if not path.startswith(paths.BLOBS + "/"):
+                raise
+            return self._driver.reader(self._quarantine.location(path), offset)
 
     def writer(self, path: str, append: bool = False) -> FileWriter:
         raise PermissionError("the quarantine overlay is read-only")

@@ -1,0 +1,170 @@
+"""Two races of the delete protocol that tests/test_online.py found against the Go
+registry, each replayed here deterministically (in memory, the racing client's
+writes made from the blob-cache clear or the re-check's crash point).
+
+1. The re-check (step 3) reads manifests in quarantine. A client pushed an image
+   whose manifest blob a sweep had just found unreferenced; its revision link
+   landed after the mark, while the manifest blob sat in quarantine. The re-check
+   reads manifests through QuarantineOverlay with a reader (not get_content) on
+   any driver but a local one read serially, and the overlay's reader did not look
+   in the quarantine: the revision counted as "no manifest blob: not a root", and
+   the sweep deleted the manifest, its config and its layers under a live tag.
+2. The delete (step 4) keeps the layer links of a blob uploaded again. A client,
+   told during the settle that a quarantined layer was unknown, uploaded it again
+   (data back in the blob store, a new layer link) and pushed its manifest just
+   after the re-check. Step 4 deleted the "links made meanwhile" to the blob it
+   was deleting, the new upload's link among them: the image's repository lost
+   its link, and the registry answered 404 for the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layergc.digest import Digest
+from layergc.gc.db import open_index
+from layergc.gc.quarantine import Quarantine, QuarantineOverlay
+from layergc.gc.sweep import KEPT
+from layergc.storage import paths
+from tests.test_sweep import Store, actions, sweep
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store()  # the in-memory driver: the re-check reads it with a reader
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Any]:
+    idx = open_index(f"sqlite:///{tmp_path}/index.db")
+    yield idx
+    idx.close()
+
+
+class RevisionDuringSettle:
+    """A blob cache whose first clear is the moment a client's manifest PUT lands:
+    it links a revision (and a tag) to a manifest whose blob is in quarantine."""
+
+    def __init__(self, store: Store, repo: str, manifest: Digest) -> None:
+        self.store, self.repo, self.manifest = store, repo, manifest
+        self.linked = False
+
+    def forget(self, digests: Iterable[str]) -> int:
+        if not self.linked:
+            assert not self.store.has_blob(self.manifest)  # already quarantined
+            link = str(self.manifest).encode()
+            driver = self.store.driver
+            driver.put_content(paths.manifest_revision_link(self.repo, self.manifest), link)
+            driver.put_content(paths.tag_current_link(self.repo, "again"), link)
+            self.linked = True
+        return 0
+
+
+def test_recheck_keeps_a_quarantined_manifest_a_new_revision_names(
+    store: Store, index: Any
+) -> None:
+    store.manifest("a", [store.layer("a")], tag="v1")
+    layer = store.layer("a")
+    manifest = store.manifest("a", [layer])
+    store.driver.delete(paths.manifest_revision_dir("a", manifest))  # DELETE of the manifest
+    race = RevisionDuringSettle(store, "a", manifest)
+
+    report = sweep(store, index, blob_cache=race)
+
+    assert race.linked
+    # The manifest, its config and its layer: every candidate went back.
+    kept = actions(report.blobs)
+    assert len(kept) == 3 and set(kept.values()) == {KEPT}, kept
+    assert str(manifest) in kept and str(layer) in kept
+    assert all(store.has_blob(Digest.parse(d)) for d in kept)
+    assert report.errors == []
+
+
+def test_overlay_reader_finds_a_quarantined_blob(store: Store) -> None:
+    digest = store.layer("a", 64)
+    data = store.driver.get_content(paths.blob_data(digest))
+    quarantine = Quarantine(store.driver, 1)
+    quarantine.hold(paths.blob_dir(digest))
+    overlay = QuarantineOverlay(store.driver, quarantine)
+    with overlay.reader(paths.blob_data(digest)) as f:
+        assert f.read() == data
+    with overlay.reader(paths.blob_data(digest), 10) as f:
+        assert f.read() == data[10:]
+
+
+def upload(store: Store, repo: str, data: bytes) -> Digest:
+    writer = store.registry.repository(repo).layers().upload()
+    writer.write(data)
+    return writer.finish(str(Digest.of(data))).digest
+
+
+class UploadDuringSettle:
+    """A blob cache whose first clear is the moment a client, told the blob is unknown,
+    uploads it again into another repository (data back in the blob store, a new link)."""
+
+    def __init__(self, store: Store, repo: str, data: bytes) -> None:
+        self.store, self.repo, self.data = store, repo, data
+        self.uploaded: Digest | None = None
+
+    def forget(self, digests: Iterable[str]) -> int:
+        if self.uploaded is None:
+            self.uploaded = upload(self.store, self.repo, self.data)
+        return 0
+
+
+def test_a_blob_uploaded_again_keeps_its_new_layer_link(
+    store: Store, index: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.manifest("a", [store.layer("a")], tag="v1")
+    data = b"a layer that is garbage, then pushed again" * 50
+    layer = upload(store, "a", data)  # unreferenced: garbage
+    race = UploadDuringSettle(store, "b", data)
+    pushed: list[Digest] = []
+
+    def manifest_after_recheck(step: str) -> None:
+        # The client's manifest PUT lands after the re-check read the revisions: the
+        # registry accepts it, the blob and b's link being there.
+        if step == "recheck" and not pushed:
+            pushed.append(store.manifest("b", [layer], tag="v1"))
+
+    monkeypatch.setattr("layergc.gc.sweep.crash_point", manifest_after_recheck)
+
+    sweep(store, index, blob_cache=race)
+
+    assert race.uploaded == layer and pushed
+    assert store.has_blob(layer)  # the new upload's data stays: only the old copy went
+    # b:v1 needs `layer` through b's link; without it the registry answers 404.
+    assert store.driver.exists(paths.layer_link("b", layer))
+
+
+class DanglingLinkDuringSettle:
+    """A blob cache whose first clear is the moment an upload that found the blob still
+    in the blob store (so did not move its own data in) links it into another
+    repository: a link to a blob that is about to go."""
+
+    def __init__(self, store: Store, repo: str, digest: Digest) -> None:
+        self.store, self.repo, self.digest = store, repo, digest
+        self.linked = False
+
+    def forget(self, digests: Iterable[str]) -> int:
+        if not self.linked:
+            link = paths.layer_link(self.repo, self.digest)
+            self.store.driver.put_content(link, str(self.digest).encode())
+            self.linked = True
+        return 0
+
+
+def test_a_link_made_meanwhile_to_a_blob_that_goes_goes_too(store: Store, index: Any) -> None:
+    store.manifest("a", [store.layer("a")], tag="v1")
+    layer = upload(store, "a", b"garbage" * 100)
+
+    report = sweep(store, index, blob_cache=DanglingLinkDuringSettle(store, "b", layer))
+
+    assert actions(report.blobs) == {str(layer): "deleted"}
+    assert not store.has_blob(layer)
+    assert not store.driver.exists(paths.layer_link_dir("b", layer))
+    assert not store.driver.exists(paths.layer_link_dir("a", layer))
