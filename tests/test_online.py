@@ -236,10 +236,28 @@ def _repositories(repositories: Path) -> list[str]:
     return names
 
 
+def _tag_targets(repository: Path) -> set[str]:
+    tags = repository / "_manifests" / "tags"
+    targets = set()
+    for tag in _names(tags):
+        try:
+            targets.add((tags / tag / "current" / "link").read_text())
+        except FileNotFoundError:
+            pass
+    return targets
+
+
+def _needs(manifest: dict[str, Any]) -> list[str]:
+    """The config and layers of an image manifest (an index has neither)."""
+    needs = [manifest["config"]["digest"]] if "config" in manifest else []
+    return needs + [layer["digest"] for layer in manifest.get("layers", ())]
+
+
 def read_storage(root: Path) -> StorageView:
     """The mark, done here from the files (no layergc code): every revision link of
-    every repository, the manifests they name, what those reference, and whether
-    the repository links it (the Go registry serves a repository only what it links).
+    every repository (and every tag, as layergc keeps what a tag names), the
+    manifests they name, what those reference, and whether the repository links it
+    (the Go registry serves a repository only what it links).
 
     Safe to call while the registry and layergc write: a file that goes away while
     it is read counts as missing, which `BreakMonitor` confirms before it believes.
@@ -268,6 +286,12 @@ def read_storage(root: Path) -> StorageView:
     revisions = 0
     for repo in _repositories(v2 / "repositories"):
         live = _links(v2 / "repositories" / repo / "_manifests" / "revisions")
+        # A tag whose revision a manifest DELETE removed, the tag itself not yet (or,
+        # the registry restarted in between, never): layergc keeps what it names.
+        for target in _tag_targets(v2 / "repositories" / repo) - live:
+            if (m := manifest(target)) is not None:
+                referenced.add(target)
+                referenced.update(_needs(m))
         layers: set[str] = set()
         for tree in trees:
             layers |= _links(tree / "repositories" / repo / "_layers")
@@ -286,8 +310,7 @@ def read_storage(root: Path) -> StorageView:
             children = [child["digest"] for child in m.get("manifests", ())]
             todo += children
             unlinked.update(f"{repo}@{c} (no revision)" for c in children if c not in live)
-            needs = [m["config"]["digest"]] if "config" in m else []
-            needs += [layer["digest"] for layer in m.get("layers", ())]
+            needs = _needs(m)
             referenced.update(needs)
             unlinked.update(f"{repo}@{d}" for d in needs if d not in layers)
     return StorageView(
@@ -458,6 +481,14 @@ def stop_serve(daemon: Daemon) -> float:
     return time.monotonic() - started
 
 
+def clean(status: str, errors: str | list[dict[str, Any]]) -> bool:
+    """A run that went to its end reporting nothing but BENIGN_ONLINE_ERRORS."""
+    found = json.loads(errors) if isinstance(errors, str) else errors
+    return status in ("succeeded", "failed") and all(
+        e["kind"] in BENIGN_ONLINE_ERRORS for e in found
+    )
+
+
 def last_run_id(env: Env) -> int:
     return max((r["id"] for r in env.index.sweeps()), default=0)
 
@@ -471,7 +502,7 @@ def wait_until_collected(env: Env, after: int, timeout: float = 45) -> sqlite3.R
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for row in env.index.sweeps():
-            if row["id"] > after and row["status"] == "succeeded" and row["blobs_found"] == 0:
+            if row["id"] > after and clean(row["status"], row["errors"]) and not row["blobs_found"]:
                 return row
         time.sleep(0.2)
     left = [
@@ -584,6 +615,7 @@ class Figures:
     uploads_purged_online: int = 0
     restarts: int = 0
     benign_reports: int = 0
+    dangling_tags: int = 0
     pulls: int = 0
     failed_pulls: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -619,7 +651,8 @@ class Figures:
             f"{self.benign_reports}), blobs deleted {self.blobs_deleted}, bytes "
             f"reclaimed {self.bytes_reclaimed}, blobs put back by the re-check "
             f"{self.kept_by_recheck}, uploads purged while pushing "
-            f"{self.uploads_purged_online}, registry restarts {self.restarts}; probe "
+            f"{self.uploads_purged_online}, registry restarts {self.restarts} (tags left "
+            f"naming no revision {self.dangling_tags}); probe "
             f"{self.probe.as_dict()}; storage readings {self.monitor.scans}, broken images "
             f"seen {len(self.monitor.sightings)}; pulls {self.pulls}, failed pulls "
             f"{len(self.failed_pulls)}; seconds {self.seconds}"
@@ -724,6 +757,15 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
             if reg.head_manifest(repo, tag) != image.digest
         ]
         tag_lists = {m.name: (reg.tags(m.name), sorted(m.tags)) for w in workers for m in w.repos}
+        # A restart between the two steps of a manifest DELETE leaves a tag naming no
+        # revision (BENIGN_ONLINE_ERRORS): listed, resolving nowhere. Not layergc's.
+        dangling = {
+            (repo, t)
+            for repo, (have, want) in tag_lists.items()
+            for t in set(have) - set(want)
+            if reg.head_manifest(repo, t) is None
+        }
+        figures.dangling_tags = len(dangling)
         wanted = [*what_must_pull(workers), (PROBE_REPO, "probe", False)]
         figures.pulls = len(wanted)
         figures.failed_pulls = failed_pulls(reg, wanted)
@@ -748,10 +790,12 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
         assert len(figures.failed_pulls) == 0, figures.failed_pulls
         assert monitor.sightings == [], f"images broken while pushing: {monitor.sightings}"
         assert wrong_tags == []
-        assert all(have == want for have, want in tag_lists.values()), tag_lists
+        for repo, (have, want) in tag_lists.items():
+            assert sorted(set(have) - {t for r, t in dangling if r == repo}) == want, repo
+        assert cache == "inmemory" or not dangling, dangling
         assert view.broken == set(), f"revisions lack blobs or links: {sorted(view.broken)}"
         assert view.garbage == set(), f"garbage left: {sorted(view.garbage)}; final {report}"
-        assert report["status"] == "succeeded" and report["blobs"] == [], report
+        assert clean(report["status"], report["errors"]) and report["blobs"] == [], report
         assert remembered == [], f"the registry still answers for deleted blobs: {remembered}"
         assert stale_keys == [], f"Redis still names deleted blobs: {stale_keys[:20]}"
         assert old_uploads_left == [], old_uploads_left

@@ -28,7 +28,6 @@ the tests package.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 import tempfile
@@ -127,7 +126,7 @@ def main(argv: list[str]) -> int:
     if answer != OK:
         print(f"restart refused: {answer!r}", file=sys.stderr)
         return 1
-    print(f"registry restarted (pid {os.getpid()} asked)", file=sys.stderr)
+    print("registry restarted", file=sys.stderr)
     return 0
 
 
