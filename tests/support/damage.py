@@ -378,6 +378,21 @@ def _rename_repository(new_leaf: str, *, unnameable: bool = False) -> Callable[[
     return apply
 
 
+def _unnameable_blob_folder(tree: Tree) -> Applied:
+    """A folder no driver path can name among the blobs: that prefix cannot be
+    listed, so its blobs (an orphan among them) are left alone this run."""
+    prefix = paths.blob_dir(tree.orphans()[0]).rsplit("/", 1)[0]
+    tree.write(f"{prefix}/not a digest/data", b"?")
+    return Applied(prefix, {f"{prefix}/not a digest"}, kept={prefix})
+
+
+def _unnameable_tag(tree: Tree) -> Applied:
+    """A tag folder no driver path can name: the repository's tags cannot be read."""
+    repo, d = tree.tagged()
+    tree.write(f"{paths.tags_dir(repo)}/my tag/current/link", str(d).encode())
+    return Applied(paths.tags_dir(repo), {f"{paths.tags_dir(repo)}/my tag"})
+
+
 def _repository_at_root(tree: Tree) -> Applied:
     _repo, d = tree.tagged()
     link = f"{paths.REPOSITORIES}/_manifests/revisions/sha256/{d.hex}/link"
@@ -536,6 +551,8 @@ CASES: list[Damage] = [
         _rename_repository("my app", unnameable=True),
         blocks=True,
     ),
+    Damage("blob-folder-unnameable", "blob-listing", _unnameable_blob_folder),
+    Damage("tag-folder-unnameable", "unreadable", _unnameable_tag, blocks=True),
     Damage(
         "repository-without-name",
         "invalid-repository-name",
