@@ -38,11 +38,14 @@ import pytest
 from layergc.digest import Digest
 from layergc.driver.s3 import S3Driver
 from layergc.gc import scan, snapshot, treegen
+from layergc.gc.db import open_index
+from layergc.gc.sweep import DELETED, KEPT
 from layergc.storage import paths
 from tests.support.components import require_binary
 from tests.support.goregistry import GoRegistry
 from tests.support.images import OCILayout, pull_and_verify, push
 from tests.support.s3server import MotoServer, make_s3_driver
+from tests.test_sweep import PushDuringSettle, Store, actions, sweep
 
 pytest_plugins = ["tests.conftest_s3"]
 
@@ -340,3 +343,68 @@ def test_list_tree_returns_every_object_once(moto_server: MotoServer, s3_bucket:
     assert all(len(o.etag) == 32 for o in objects)
     assert list(driver.list_tree("/nothing")) == []
     driver.close()
+
+
+# --- the delete protocol on S3: bulk moves and batched deletes -----------------------------------
+
+
+@pytest.fixture
+def s3_store(moto_server: MotoServer, s3_bucket: str) -> Iterator[Store]:
+    driver = make_s3_driver(moto_server, s3_bucket, rootdirectory=ROOT)
+    yield Store(driver)
+    driver.close()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Any]:
+    idx = open_index(f"sqlite:///{tmp_path}/index.db")
+    yield idx
+    idx.close()
+
+
+def test_sweep_on_s3_moves_and_deletes_in_batches(s3_store: Store, index: Any) -> None:
+    """Orphans linked from two repositories go with every link; the quarantine is
+    one copy per file and a few DeleteObjects, not a listing per folder."""
+    store = s3_store
+    kept = store.layer("a")
+    store.manifest("a", [kept], tag="v1")
+    orphans = [store.layer("a") for _ in range(12)]
+    for d in orphans[:4]:  # the same content in b: a second layer link
+        data = store.registry.repository("a").layers().fetch(str(d)).read()
+        upload = store.registry.repository("b").layers().upload()
+        upload.write(data)
+        upload.finish(str(d))
+    driver = store.driver
+    assert isinstance(driver, S3Driver)
+    driver.reset_request_count()
+
+    report = sweep(store, index)
+    ops = driver.request_count
+
+    assert report.errors == []
+    assert actions(report.blobs) == {str(d): DELETED for d in orphans}
+    for d in orphans:
+        assert not store.has_blob(d)
+        for repo in ("a", "b"):
+            assert not driver.exists(paths.layer_link_dir(repo, d))
+    assert store.has_blob(kept) and driver.exists(paths.layer_link("a", kept))
+    assert not driver.exists(paths.QUARANTINE)
+    files = len(orphans) + len(orphans) + 4  # data, a link, 4 links in b
+    assert ops["CopyObject"] == files
+    assert ops["DeleteObjects"] <= 2 + 3  # the moves' sources; links, then folders
+    assert ops["HeadObject"] == 0  # sizes and times come from the listing
+
+
+def test_recheck_on_s3_restores_what_a_racing_push_needs(s3_store: Store, index: Any) -> None:
+    store = s3_store
+    store.manifest("a", [store.layer("a")], tag="v1")
+    orphan, other = store.layer("a"), store.layer("a")
+    race = PushDuringSettle(store, "a", orphan)
+
+    report = sweep(store, index, blob_cache=race)
+
+    assert actions(report.blobs) == {str(orphan): KEPT, str(other): DELETED}
+    assert store.has_blob(orphan) and store.driver.exists(paths.layer_link("a", orphan))
+    assert not store.has_blob(other)
+    assert race.pushed is not None
+    assert not store.driver.exists(paths.QUARANTINE)

@@ -53,7 +53,7 @@ import io
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -681,6 +681,38 @@ class S3Driver(StorageDriver):
 
         self._parallel((lambda b=b: self._delete_batch(path, b)) for b in batches())
         return total
+
+    def move_files(self, moves: Sequence[tuple[str, str, int | None]]) -> list[bool]:
+        """Move many files: `(source, dest, size or None)` each, `dest` replaced.
+
+        Server-side copies run on the pool, then the sources go in DeleteObjects
+        batches, so a failure before that leaves every source in place. Returns,
+        per move, whether its source was there. `size` (known from a listing)
+        saves a HEAD and chooses a single or multipart copy."""
+        for source, dest, _ in moves:
+            validate_path(source)
+            validate_path(dest)
+
+        def copy(source: str, dest: str, size: int | None) -> bool:
+            if size is None:
+                head = self._head(source)
+                if head is None:
+                    return False
+                size = int(head["ContentLength"])
+            try:
+                self._copy(source, dest, size, parallel=False)
+            except PathNotFound:
+                return False
+            return True
+
+        copied = self._parallel((lambda m=m: copy(*m)) for m in moves)
+        self._delete_keys("/", (self._key(m[0]) for m, ok in zip(moves, copied, strict=True) if ok))
+        return copied
+
+    def delete_files(self, files: Iterable[str]) -> int:
+        """Delete files (not folders) by path, in DeleteObjects batches run on the
+        pool; a missing file is no error. Returns how many paths were given."""
+        return self._delete_keys("/", (self._key(validate_path(f)) for f in files))
 
     def _delete_batch(self, path: str, keys: list[str]) -> None:
         with self._errors(path, "DeleteObjects"):

@@ -93,6 +93,23 @@ def _md5(content: bytes) -> str:
     return hashlib.md5(content, usedforsecurity=False).hexdigest()
 
 
+class _Columns:
+    """Objects as they stream in, a few bytes each beyond the path: only the
+    links the mark reads (revisions, tags) keep their ETag."""
+
+    def __init__(self, objects: Iterable[Listed]) -> None:
+        self.paths: list[str] = []
+        self.sizes = array("q")
+        self.times = array("d")
+        self.etags: list[str | None] = []
+        for o in objects:
+            path = o.path
+            self.paths.append(path)
+            self.sizes.append(o.size)
+            self.times.append(o.mod_time.timestamp())
+            self.etags.append(o.etag if path.endswith(_LINK) and _MANIFESTS in path else None)
+
+
 class TreeSnapshot(StorageDriver):
     """The listing of `roots`, and `driver` behind it for everything else."""
 
@@ -102,21 +119,20 @@ class TreeSnapshot(StorageDriver):
         self.roots = tuple(roots)
         started = time.perf_counter()
         with ThreadPoolExecutor(len(self.roots), thread_name_prefix="layergc-list") as pool:
-            listed = [
-                obj
-                for objects in pool.map(lambda r: list(lister.list_tree(r)), self.roots)
-                for obj in objects
-            ]
-        listed.sort(key=lambda o: o.path)
-        # Parallel columns: a few bytes per object beyond its path.
-        self._paths = [o.path for o in listed]
-        self._sizes = array("q", (o.size for o in listed))
-        self._times = array("d", (o.mod_time.timestamp() for o in listed))
-        # Only links the mark reads (revisions, tags) keep their ETag.
-        self._etags: list[str | None] = [
-            o.etag if o.path.endswith(_LINK) and _MANIFESTS in o.path else None for o in listed
-        ]
-        del listed
+            columns = list(pool.map(lambda root: _Columns(lister.list_tree(root)), self.roots))
+        # Roots are disjoint folders: each one's keys, sorted, then the roots in order.
+        columns.sort(key=lambda c: c.paths[0] if c.paths else "")
+        self._paths: list[str] = []
+        self._sizes = array("q")
+        self._times = array("d")
+        self._etags: list[str | None] = []
+        for c in columns:
+            order = sorted(range(len(c.paths)), key=c.paths.__getitem__)
+            self._paths.extend(c.paths[i] for i in order)
+            self._sizes.extend(c.sizes[i] for i in order)
+            self._times.extend(c.times[i] for i in order)
+            self._etags.extend(c.etags[i] for i in order)
+        del columns
         self._targets: dict[str, bytes] | None = None  # MD5 -> content, of revision links
         self._lock = threading.Lock()
         self.links_from_listing = 0
@@ -158,6 +174,22 @@ class TreeSnapshot(StorageDriver):
         return self._revision_targets().get(etag)
 
     # --- the read side of the contract -----------------------------------------------
+
+    def files(self, path: str) -> list[tuple[str, int]]:
+        """(path, size) of every listed file at or below `path` ([] outside the
+        roots or when none was listed)."""
+        if not self._covers(path):
+            return []
+        found: list[tuple[str, int]] = []
+        i = self._index(path)
+        if i is not None:
+            found.append((path, self._sizes[i]))
+        prefix = path + "/"
+        j = bisect.bisect_left(self._paths, prefix)
+        while j < len(self._paths) and self._paths[j].startswith(prefix):
+            found.append((self._paths[j], self._sizes[j]))
+            j += 1
+        return found
 
     def list_entries(self, path: str) -> list[tuple[str, bool]]:
         validate_path(path, allow_root=True)

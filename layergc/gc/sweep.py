@@ -111,6 +111,8 @@ class Doomed:
     size: int
     units: list[str] = field(default_factory=list)
     held: bool = False
+    # unit -> its files as listed (bulk moves on S3; empty: the unit moves itself)
+    files: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -590,7 +592,10 @@ class Sweeper:
         try:
             self._each(doomed, units)
             # (1) quarantine
-            self._each(doomed, hold)
+            if self._bulk():
+                self._hold_bulk(quarantine, doomed)
+            else:
+                self._each(doomed, hold)
             crash_point("quarantined")
             blob_digests = [str(d.digest) for d in doomed if d.kind == "blob"]
             hook_ran = self._forget(blob_digests, report)
@@ -621,6 +626,43 @@ class Sweeper:
             raise
         # (4) delete the rest
         self._finish(report, quarantine, doomed, needed, kept_manifests, remark)
+
+    def _bulk(self) -> bool:
+        """Whether objects move and go in bulk: S3, where the snapshot knows
+        every file of a unit, and a copy per file plus a DeleteObjects per 1,000
+        replace a listing, a copy and a delete per folder."""
+        return isinstance(self.view, snapshot.TreeSnapshot) and all(
+            callable(getattr(self.driver, m, None)) for m in ("move_files", "delete_files")
+        )
+
+    def _hold_bulk(self, quarantine: Quarantine, doomed: list[Doomed]) -> None:
+        """(1) on S3: every listed file of every unit copied into quarantine, then
+        the originals deleted in batches (a failure before that leaves them all in
+        place, and the quarantine is restored). A unit the snapshot has no file of
+        (written since it was taken) moves by itself."""
+        assert isinstance(self.view, snapshot.TreeSnapshot)
+        moves: list[tuple[str, str, int]] = []
+        for item in doomed:
+            for unit in item.units:
+                listed = self.view.files(unit)
+                item.files[unit] = [path for path, _ in listed]
+                moves.extend((path, quarantine.location(path), size) for path, size in listed)
+        self._check_stop()
+        moved = dict(
+            zip(
+                (m[0] for m in moves),
+                self.driver.move_files(moves),  # type: ignore[attr-defined]
+                strict=True,
+            )
+        )
+        for item in doomed:
+            first = item.units[0]
+            item.held = any(moved[path] for path in item.files[first])
+            for unit in item.units:
+                if not item.files[unit]:
+                    held = quarantine.hold(unit)
+                    item.held = item.held or (held and unit == first)
+            crash_point("hold")
 
     def _forget(self, digests: list[str], report: Report) -> bool:
         """Make the registry forget the quarantined blobs; True when the hook ran."""
@@ -719,6 +761,7 @@ class Sweeper:
     ) -> None:
         actions: dict[tuple[str, str], str] = {}
         deleted: list[Doomed] = []
+        batched: list[Doomed] = []  # purged together, per kind (on S3)
 
         def finish(item: Doomed) -> None:
             restore = (
@@ -734,6 +777,9 @@ class Sweeper:
             try:
                 if item.kind == "blob":
                     self._drop_new_links(item.digest, remark.layer_links.get(item.digest, ()))
+                if all(item.files.get(unit) for unit in item.units):
+                    batched.append(item)  # deleted below with the others of its kind
+                    return
                 for unit in item.units[1:] + item.units[:1]:
                     quarantine.purge(unit)
                 actions[(item.kind, item.key)] = DELETED
@@ -743,12 +789,35 @@ class Sweeper:
                 actions[(item.kind, item.key)] = FAILED
                 report.error("delete-failed", str(exc), item.units[0])
 
+        def purge_batched(items: list[Doomed]) -> None:
+            """Links of all, then their primary folders, in DeleteObjects batches."""
+            try:
+                for first in (False, True):
+                    self.driver.delete_files(  # type: ignore[attr-defined]
+                        quarantine.location(f)
+                        for d in items
+                        for u in (d.units[:1] if first else d.units[1:])
+                        for f in d.files[u]
+                    )
+            except StorageDriverError as exc:
+                for d in items:
+                    actions[(d.kind, d.key)] = FAILED
+                report.error("delete-failed", f"{exc} ({len(items)} objects)", quarantine.root)
+                return
+            for d in items:
+                actions[(d.kind, d.key)] = DELETED
+                deleted.append(d)
+                crash_point("purge")
+
         # Crash order: every manifest goes before the blobs (its own blob among
         # them), and an object's links before its primary folder. A run killed in
         # between then leaves, restored by the next run, a whole object that is
         # still garbage, never a revision link without its blob or a dangling link.
         for kind in ("manifest", "blob"):
+            batched.clear()
             self._each([d for d in doomed if d.kind == kind], finish, always=True)
+            if batched:
+                purge_batched(list(batched))
         self._close(quarantine, report)
         blob_digests = [str(d.digest) for d in deleted if d.kind == "blob"]
         if self.blob_cache is not None and blob_digests:
