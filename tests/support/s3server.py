@@ -327,12 +327,26 @@ class MotoServer:
         response starts, so a request the client has an answer to is logged)."""
         if self.log_path is None:
             return
+        self._wait_for_quiet_log()
         with open(self.log_path, "rb") as log:
             log.seek(since)
             for raw in log:
                 request = parse_log_line(raw.decode(errors="replace"))
                 if request is not None and (bucket is None or request.bucket == bucket):
                     yield request
+
+    def _wait_for_quiet_log(self, quiet: float = 0.3, limit: float = 5.0) -> None:
+        """Wait until the log stops growing: the server writes a line after the
+        client may already hold its answer, and a loaded machine delays it."""
+        assert self.log_path is not None
+        deadline = time.monotonic() + limit
+        size = -1
+        while time.monotonic() < deadline:
+            current = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if current == size:
+                return
+            size = current
+            time.sleep(quiet)
 
     def request_counts(self, since: int = 0, bucket: str | None = None) -> collections.Counter[str]:
         return collections.Counter(r.operation for r in self.requests(since, bucket))
