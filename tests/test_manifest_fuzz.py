@@ -57,7 +57,7 @@ def test_arbitrary_json_raises_only_invalid_manifest(doc: Any) -> None:
     _parse(json.dumps(doc).encode())
 
 
-@FUZZ
+@settings(FUZZ, max_examples=60)
 @given(
     st.dictionaries(
         st.sampled_from(["mediaType", "config", "layers", "manifests", "fsLayers", "subject"]),

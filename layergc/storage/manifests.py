@@ -25,8 +25,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from layergc.digest import ALGORITHMS, Digest
 from layergc.errors import InvalidManifest
@@ -61,14 +60,14 @@ _KINDS: dict[str, Kind] = {
 
 # OCI's digest grammar: algorithm components joined by + . _ -, then the encoded part.
 _DIGEST_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_LOWER_HEX = "0123456789abcdef"
 # The one string object for each algorithm name, shared by every Digest made here.
 _ALGORITHM_NAMES = {name: name for name in ALGORITHMS}
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestRefs:
-    """What one manifest references. Immutable: a digest's answer never changes."""
+class ManifestRefs(NamedTuple):
+    """What one manifest references. Immutable: a digest's answer never changes.
+    (A NamedTuple: made by the tens of thousands in a mark, and far cheaper to
+    build than a frozen dataclass.)"""
 
     media_type: str  # as stored, or inferred from the fields ("" when unknown and absent)
     kind: Kind
@@ -128,31 +127,50 @@ def references(
     media_type = doc.get("mediaType")
     if media_type is None:
         media_type = media_type_hint or _infer(doc)
-    elif not isinstance(media_type, str):
-        raise InvalidManifest(f"mediaType is not a string: {media_type!r}")
+    elif type(media_type) is not str:
+        raise InvalidManifest(f"mediaType is not a string: {_short(media_type)}")
     kind = _KINDS.get(media_type, "unknown")
-    refs = _Collector({} if intern is None else intern)
+    if intern is None:
+        intern = {}
+    # Keyed by hex (unique across the supported algorithms: their lengths
+    # differ), which hashes faster than a Digest; insertion order is kept.
+    blobs: dict[str, Digest] = {}
+    children: dict[str, Digest] = {}
+    unknown: list[str] = []
+    subject: Digest | None = None
     if kind == "unknown":
-        _collect_anywhere(doc, refs)
+        subject = _collect_anywhere(doc, blobs, intern, unknown)
     elif kind == "schema1":
-        refs.add(
-            refs.blobs, _descriptor_list(doc, "fsLayers", required=True), "fsLayers", "blobSum"
-        )
+        fs_layers = _descriptor_list(doc, "fsLayers", required=True)
+        _collect(fs_layers, "fsLayers", blobs, intern, unknown, "blobSum")
     elif kind == "index":
-        refs.add(refs.children, _descriptor_list(doc, "manifests", required=True), "manifests")
-        refs.set_subject(doc)
+        _collect(
+            _descriptor_list(doc, "manifests", required=True),
+            "manifests",
+            children,
+            intern,
+            unknown,
+        )
+        subject = _subject(doc, intern, unknown)
     elif media_type == OCI_ARTIFACT:
-        refs.add(refs.blobs, _descriptor_list(doc, "blobs", required=False), "blobs")
-        refs.set_subject(doc)
+        _collect(_descriptor_list(doc, "blobs", required=False), "blobs", blobs, intern, unknown)
+        subject = _subject(doc, intern, unknown)
     else:  # schema2 or OCI image manifest
         config = doc.get("config")
         if config is None:
             raise InvalidManifest(f"{media_type} has no config descriptor")
-        refs.add(refs.blobs, [config], "config")
+        _collect([config], "config", blobs, intern, unknown)
         layers = _descriptor_list(doc, "layers", required=media_type == DOCKER_SCHEMA2)
-        refs.add(refs.blobs, layers, "layers")
-        refs.set_subject(doc)
-    return refs.result(media_type, kind)
+        _collect(layers, "layers", blobs, intern, unknown)
+        subject = _subject(doc, intern, unknown)
+    return ManifestRefs(
+        media_type,
+        kind,
+        tuple(blobs.values()),
+        tuple(children.values()),
+        subject,
+        tuple(dict.fromkeys(unknown)),
+    )
 
 
 def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> Digest | str:
@@ -160,23 +178,13 @@ def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> D
     well-formed digest of an algorithm the registry does not store.
     Raises InvalidManifest for anything else."""
     if type(value) is str:
-        # Fast path: nearly every reference is a well-formed supported digest.
         algorithm, _, encoded = value.partition(":")
         if intern is not None:
             known = intern.get(encoded)
             if known is not None and known.algorithm == algorithm:
                 return known
-        known_algorithm = _ALGORITHM_NAMES.get(algorithm)
-        if (
-            known_algorithm is not None
-            and len(encoded) == ALGORITHMS[algorithm]
-            and not encoded.strip(_LOWER_HEX)
-        ):
-            if intern is None:
-                return Digest(known_algorithm, encoded)
-            # Share one string per hex with every other holder (listings, links).
-            encoded = sys.intern(encoded)
-            digest = intern[encoded] = Digest(known_algorithm, encoded)
+        digest = _new_digest(algorithm, encoded, intern)
+        if digest is not None:
             return digest
         if _DIGEST_GRAMMAR.fullmatch(value) and algorithm not in ALGORITHMS:
             return value
@@ -186,71 +194,67 @@ def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> D
 # --- internals ---------------------------------------------------------------
 
 
-class _Collector:
-    """Reads descriptors and accumulates their references in order, once each."""
-
-    __slots__ = ("blobs", "children", "intern", "subject", "unknown")
-
-    def __init__(self, intern: dict[str, Digest]) -> None:
-        self.intern = intern
-        # Keyed by hex (unique across the supported algorithms: their lengths
-        # differ), which hashes faster than a Digest.
-        self.blobs: dict[str, Digest] = {}
-        self.children: dict[str, Digest] = {}
-        self.subject: Digest | None = None
-        self.unknown: dict[str, None] = {}
-
-    def add(
-        self, into: dict[str, Digest], items: list[Any], where: str, key: str = "digest"
-    ) -> None:
-        intern = self.intern
-        for i, item in enumerate(items):
-            # Fast path: a digest seen before (most layers are shared).
-            if type(item) is dict:
-                value = item.get(key)
-                if type(value) is str:
-                    algorithm, _, encoded = value.partition(":")
-                    known = intern.get(encoded)
-                    if known is not None and known.algorithm == algorithm:
-                        into[encoded] = known
-                        continue
-            self.put(into, self.field_digest(item, key, f"{where}[{i}]"))
-
-    def put(self, into: dict[str, Digest], ref: Digest | str) -> None:
-        if isinstance(ref, str):
-            self.unknown[ref] = None
+def _collect(
+    items: list[Any],
+    where: str,
+    into: dict[str, Digest],
+    intern: dict[str, Digest],
+    unknown: list[str],
+    key: str = "digest",
+) -> None:
+    """The digests of a list of descriptors, into `into` (unknown algorithms
+    into `unknown`). The hot loop of a mark: the common case is inlined."""
+    for i, item in enumerate(items):
+        if type(item) is dict:
+            value = item.get(key)
+            if type(value) is str:
+                # Fast path: a digest seen before (layers are shared), or a new
+                # well-formed one.
+                algorithm, _, encoded = value.partition(":")
+                known = intern.get(encoded) or _new_digest(algorithm, encoded, intern)
+                if known is not None and known.algorithm == algorithm:
+                    into[known.hex] = known
+                    continue
+        ref = _field_digest(item, key, f"{where}[{i}]", intern)
+        if type(ref) is str:
+            unknown.append(ref)
         else:
-            into[ref.hex] = ref
+            into[ref.hex] = ref  # type: ignore[union-attr]
 
-    def field_digest(self, descriptor: Any, key: str, where: str) -> Digest | str:
-        if not isinstance(descriptor, dict):
-            raise InvalidManifest(f"{where} is a {type(descriptor).__name__}, not a descriptor")
-        if key not in descriptor:
-            raise InvalidManifest(f"{where} has no {key!r}")
-        try:
-            return parse_reference(descriptor[key], self.intern)
-        except InvalidManifest as exc:
-            raise InvalidManifest(f"{where}.{key}: {exc}") from None
 
-    def set_subject(self, doc: dict[str, Any]) -> None:
-        subject = doc.get("subject")
-        if subject is None:
-            return
-        ref = self.field_digest(subject, "digest", "subject")
-        if isinstance(ref, str):
-            self.unknown[ref] = None
-        else:
-            self.subject = ref
+def _new_digest(algorithm: str, encoded: str, intern: dict[str, Digest] | None) -> Digest | None:
+    """The Digest for a well-formed supported digest (registered in `intern`), else None."""
+    name = _ALGORITHM_NAMES.get(algorithm)
+    if name is None or not _is_hex(encoded, ALGORITHMS[name]):
+        return None
+    if intern is None:
+        return Digest(name, encoded)
+    # One string per hex, shared with every other holder (listings, links).
+    encoded = sys.intern(encoded)
+    digest = intern[encoded] = Digest(name, encoded)
+    return digest
 
-    def result(self, media_type: str, kind: Kind) -> ManifestRefs:
-        return ManifestRefs(
-            media_type=media_type,
-            kind=kind,
-            blobs=tuple(self.blobs.values()),
-            children=tuple(self.children.values()),
-            subject=self.subject,
-            unknown_algorithms=tuple(self.unknown),
-        )
+
+def _field_digest(descriptor: Any, key: str, where: str, intern: dict[str, Digest]) -> Digest | str:
+    if type(descriptor) is not dict:
+        raise InvalidManifest(f"{where} is a {type(descriptor).__name__}, not a descriptor")
+    if key not in descriptor:
+        raise InvalidManifest(f"{where} has no {key!r}")
+    try:
+        return parse_reference(descriptor[key], intern)
+    except InvalidManifest as exc:
+        raise InvalidManifest(f"{where}.{key}: {exc}") from None
+
+
+def _subject(doc: dict[str, Any], intern: dict[str, Digest], unknown: list[str]) -> Digest | None:
+    subject = doc.get("subject")
+    if subject is None:
+        return None
+    ref = _field_digest(subject, "digest", "subject", intern)
+    if type(ref) is str:
+        unknown.append(ref)
+        return None
+    return ref  # type: ignore[return-value]
 
 
 def _load(content: bytes) -> dict[str, Any]:
@@ -262,7 +266,7 @@ def _load(content: bytes) -> dict[str, Any]:
             f"limit of {MAX_MANIFEST_SIZE} bytes"
         )
     try:
-        doc = json.loads(bytes(content))
+        doc = json.loads(content if type(content) is bytes else bytes(content))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
         raise InvalidManifest(f"manifest is not valid JSON: {_short(str(exc))}") from None
     if not isinstance(doc, dict):
@@ -293,27 +297,34 @@ def _descriptor_list(doc: dict[str, Any], key: str, *, required: bool) -> list[A
     return items
 
 
-def _collect_anywhere(doc: dict[str, Any], refs: _Collector) -> None:
-    """Unknown media type: every descriptor and every digest string counts."""
-    subject = doc.get("subject")
-    if isinstance(subject, dict) and "digest" in subject:
-        refs.set_subject(doc)
+def _collect_anywhere(
+    doc: dict[str, Any], into: dict[str, Digest], intern: dict[str, Digest], unknown: list[str]
+) -> Digest | None:
+    """Unknown media type: every descriptor and every digest string counts.
+    Returns the subject, which is kept too (we do not know what it is to this)."""
+    subject = None
+    if type(doc.get("subject")) is dict and "digest" in doc["subject"]:
+        subject = _subject(doc, intern, unknown)
     for key, value in _walk(doc):
         if type(value) is not str:
             continue
         if key in ("digest", "blobSum"):
             # A descriptor: its digest must be readable, or we cannot know what it keeps.
-            refs.put(refs.blobs, refs.field_digest({key: value}, key, "descriptor"))
-            continue
-        try:
-            ref = parse_reference(value, refs.intern)
-        except InvalidManifest:
-            continue  # ordinary text
-        if isinstance(ref, Digest):  # an unknown-algorithm lookalike in free text is not reported
-            refs.put(refs.blobs, ref)
-    # The subject of a manifest we do not understand is also kept by it: fail closed.
-    if refs.subject is not None:
-        refs.put(refs.blobs, refs.subject)
+            ref = _field_digest({key: value}, key, "descriptor", intern)
+        else:
+            try:
+                ref = parse_reference(value, intern)
+            except InvalidManifest:
+                continue  # ordinary text
+            if type(ref) is str:
+                continue  # an unknown-algorithm lookalike in free text is not reported
+        if type(ref) is str:
+            unknown.append(ref)
+        else:
+            into[ref.hex] = ref  # type: ignore[union-attr]
+    if subject is not None:
+        into[subject.hex] = subject
+    return subject
 
 
 def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
@@ -326,6 +337,17 @@ def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
             stack.extend(value.items())
         elif isinstance(value, list):
             stack.extend((None, item) for item in value)
+
+
+def _is_hex(text: str, length: int) -> bool:
+    """`length` lowercase hex digits? (bytes.fromhex runs in C; the round trip
+    refuses the uppercase and spaces that fromhex alone accepts)."""
+    if len(text) != length:
+        return False
+    try:
+        return bytes.fromhex(text).hex() == text
+    except ValueError:
+        return False
 
 
 def _short(value: object, limit: int = 120) -> str:
