@@ -317,6 +317,8 @@ def test_stop_before_the_delete_rolls_back(store: Store, index: Any) -> None:
     assert report.status == "interrupted"
     assert store.files() == before
     assert index.run(report.run_id).status == "interrupted"
+    # Put back for the next run, not a failure.
+    assert [b["action"] for b in report.blobs] == ["deferred"]
 
 
 def test_stale_uploads_are_purged_and_fresh_ones_kept(store: Store, index: Any) -> None:

@@ -619,7 +619,7 @@ class Sweeper:
             kept_manifests = {(m.repository, m.digest) for m in remark.manifests if m.kept}
             crash_point("recheck")
         except Exception as exc:  # restore on anything, then decide how to report
-            self._restore_all(quarantine, doomed, report)
+            self._restore_all(quarantine, doomed, report, stopped=isinstance(exc, Interrupted))
             if isinstance(exc, _Abort | HookFailed | StorageDriverError):
                 report.error("delete-aborted", f"{exc}; the quarantine was restored")
                 return
@@ -711,7 +711,12 @@ class Sweeper:
             self.blob_cache.forget(digests)
             self.stop.wait(wait)
 
-    def _restore_all(self, quarantine: Quarantine, doomed: list[Doomed], report: Report) -> None:
+    def _restore_all(
+        self, quarantine: Quarantine, doomed: list[Doomed], report: Report, *, stopped: bool
+    ) -> None:
+        """Put every doomed object back; the report says `deferred` after a stop (the
+        next run deletes them), `failed` otherwise."""
+
         def restore(item: Doomed) -> None:
             for unit in item.units:
                 self._restore(quarantine, unit, report)
@@ -724,7 +729,8 @@ class Sweeper:
                 self.index.set_state(kind, keys, "restored")
         for entry in report.blobs + report.manifests:
             if entry["action"] == WOULD_DELETE:
-                entry["action"] = FAILED if report.status != "interrupted" else DEFERRED
+                # report.status is still "running" here: run() sets "interrupted" later.
+                entry["action"] = DEFERRED if stopped else FAILED
 
     def _restore(self, quarantine: Quarantine, unit: str, report: Report) -> bool:
         """Put one unit back; a storage error leaves it in quarantine, where the
