@@ -18,7 +18,7 @@ from layergc.errors import InvalidLink
 from layergc.gc.uploads import parse_rfc3339
 from layergc.storage.links import MAX_LINK_SIZE, parse_link
 
-FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 digests = st.builds(
     lambda algorithm, data: Digest.of(data, algorithm),
