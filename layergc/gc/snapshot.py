@@ -143,7 +143,9 @@ class TreeSnapshot(StorageDriver):
             extra={"objects": len(self._paths), "seconds": round(self.seconds, 3)},
         )
 
-    def __len__(self) -> int:
+    @property
+    def objects(self) -> int:
+        """How many objects were listed (no __len__: an empty view is still a view)."""
         return len(self._paths)
 
     # --- lookups ------------------------------------------------------------------
@@ -201,7 +203,9 @@ class TreeSnapshot(StorageDriver):
         i = bisect.bisect_left(keys, prefix)
         while i < len(keys) and keys[i].startswith(prefix):
             name, slash, _ = keys[i][len(prefix) :].partition("/")
-            if slash:
+            if not name:  # `a//b`, or a folder marker `a/`: no valid path, as the driver
+                i += 1
+            elif slash:
                 entries[name] = True
                 # Past every key below `name/`: '0' follows '/'.
                 i = bisect.bisect_left(keys, f"{prefix}{name}0", i)
