@@ -408,3 +408,31 @@ def test_recheck_on_s3_restores_what_a_racing_push_needs(s3_store: Store, index:
     assert not store.has_blob(other)
     assert race.pushed is not None
     assert not store.driver.exists(paths.QUARANTINE)
+
+
+def test_move_files_copies_first_and_reports_missing_sources(
+    moto_server: MotoServer, s3_bucket: str
+) -> None:
+    driver = make_s3_driver(moto_server, s3_bucket, delete_max=2)
+    for name in ("a", "b", "c"):
+        driver.put_content(f"/src/{name}/data", name.encode() * 3)
+    driver.reset_request_count()
+
+    moved = driver.move_files(
+        [
+            ("/src/a/data", "/dst/a/data", 3),
+            ("/src/gone/data", "/dst/gone/data", 5),
+            ("/src/b/data", "/dst/b/data", None),  # size unknown: a HEAD first
+            ("/src/c/data", "/dst/c/data", 3),
+        ]
+    )
+    ops = driver.request_count
+
+    assert moved == [True, False, True, True]
+    assert not driver.exists("/src")
+    assert [driver.get_content(f"/dst/{n}/data") for n in "abc"] == [b"aaa", b"bbb", b"ccc"]
+    assert ops["CopyObject"] == 4 and ops["HeadObject"] == 1
+    assert ops["DeleteObjects"] == 2  # three sources, two keys a batch
+    assert driver.delete_files(["/dst/a/data", "/dst/b/data", "/dst/nothing"]) == 3
+    assert driver.list("/dst") == ["/dst/c"]
+    driver.close()
