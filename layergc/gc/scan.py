@@ -637,8 +637,12 @@ class _Marker:
             self.error(UNREADABLE, path, repo.name, f"cannot read {path}: {exc}", blocking=True)
             repo.uncertain = True
             return None
-        # Fast path for a well-formed link; parse_link judges everything else.
+        # Fast paths for a well-formed link (most name a digest already seen: the
+        # revision folder it sits in, a tagged revision); parse_link judges the rest.
         algorithm, _, hex_ = content.decode("latin-1").partition(":")
+        known = self.interner.get(hex_)
+        if known is not None and known.algorithm == algorithm:
+            return known.hex
         length = ALGORITHMS.get(algorithm)
         if length is not None and _is_hex(hex_, length):
             return hex_
@@ -743,7 +747,7 @@ class _Marker:
         store reading it whole would cost the whole download, so only the head
         is read; on a local disk get_content is much cheaper than a reader and
         such a file costs a passing spike of memory before it is refused."""
-        if self.workers == 1 and self.driver.name in _LOCAL_DRIVERS:
+        if self.driver.name in _LOCAL_DRIVERS:
             return self.driver.get_content(path)
         with self.driver.reader(path) as f:
             chunks = []
