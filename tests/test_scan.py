@@ -561,3 +561,29 @@ def test_views_behave_like_their_builtin_types(driver: StorageDriver) -> None:
     assert result.layer_links.get(d) is None and orphan in result.layer_links
     with pytest.raises(KeyError):
         result.layer_links[d]
+
+
+@pytest.mark.parametrize("delete_untagged", [False, True])
+def test_storage_faults_never_unmark_a_kept_blob(delete_untagged: bool) -> None:
+    """Under read errors and cut listings, a mark either blocks blob deletion or
+    offers only blobs that a clean reading finds unreferenced too."""
+    from layergc.driver.faults import READ_OPERATIONS, FaultInjectingDriver
+
+    inner = InMemoryDriver()
+    treegen.generate(inner, 600, seed=5, direct=False)
+    clean = scan.mark(inner, delete_untagged=delete_untagged)
+    assert not clean.blob_deletion_blocked
+    garbage = set(clean.unreferenced)
+    offered = set(clean.untagged_to_delete)
+    blocked = 0
+    for seed in range(12):
+        faulty = FaultInjectingDriver(inner, 0.01, seed=seed, operations=READ_OPERATIONS, stall=0)
+        result = scan.mark(faulty, delete_untagged=delete_untagged)
+        assert faulty.faults > 0
+        assert result.errors  # every fault is in the report
+        assert set(result.untagged_to_delete) <= offered
+        if result.blob_deletion_blocked:
+            blocked += 1
+            continue
+        assert set(result.unreferenced) <= garbage
+    assert blocked  # the faults hit something that matters at least once

@@ -29,12 +29,25 @@ in that run. Decisions where the Go registry (2.8) is silent or unsafe:
   kept; to a fixpoint, within its repository. A tag's `index/` history keeps
   nothing. A tag whose target has no revision link still keeps that manifest
   when its blob exists (reported). A repository where anything could not be
-  read (a corrupt tag link, an unparseable manifest) keeps every revision.
+  read (a folder listing, a corrupt tag link, an unparseable manifest) keeps
+  every revision.
 - Marked blobs are global: every kept manifest marks itself, its blobs and its
   children by digest, and a child's own references are marked too, whichever
   repository it sits in.
 - Blob folders are listed, never stat'ed; a name that is not a valid digest,
   or of an unsupported algorithm, is reported and never offered for deletion.
+  Blobs are listed first: one written later is simply not a candidate, and
+  the listing stands for the existence check of manifests found in the
+  reference cache (those missing from it are checked one by one).
+- A manifest blob whose content does not hash to its digest is unparseable.
+
+Speed (100,000 blobs: ~20,000 manifests, ~80,000 layer links): the cost is
+one call per folder listed and per link or manifest read, plus Python work
+per name. So: digests are hex strings inside (str hashing is C, a Digest's is
+not) with one shared string object per digest; names are validated a folder
+at a time in C; manifests parse once per digest (and never again with a
+reference cache); Digest objects are made at the edges, and the big results
+(marked, all_blobs, layer_links) are read-only views over those strings.
 """
 
 from __future__ import annotations
@@ -440,6 +453,15 @@ class _Marker:
             self.error(kind, path, repository, f"cannot list {path}: {exc}", blocking=blocking)
             return None
 
+    def repo_dirs(self, path: str, repo: _Repository) -> list[str]:
+        """list_dirs inside a repository: what cannot be listed there (reported,
+        blocking) also makes the repository keep every revision."""
+        folders = self.list_dirs(path, repo.name)
+        if folders is None:
+            repo.uncertain = True
+            return []
+        return folders
+
     def pool_map(self, fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
         if self.workers == 1 or len(items) < 2:
             return map(fn, items)
@@ -582,13 +604,13 @@ class _Marker:
 
     def scan_revisions(self, repo: _Repository) -> None:
         name = repo.name
-        for algorithm in self.list_dirs(paths.manifest_revisions_dir(name), name) or []:
+        for algorithm in self.repo_dirs(paths.manifest_revisions_dir(name), repo):
             folder = paths.manifest_revisions_dir(name, algorithm)
             length = ALGORITHMS.get(algorithm)
             if length is None:
                 self.invalid(folder, name, f"revisions of algorithm {algorithm!r}", True)
                 continue
-            for hex_ in self.list_dirs(folder, name) or []:
+            for hex_ in self.repo_dirs(folder, repo):
                 if not _is_hex(hex_, length):
                     self.invalid(f"{folder}/{hex_}", name, f"revision folder {hex_!r}", True)
                     continue
@@ -616,7 +638,7 @@ class _Marker:
 
     def scan_tags(self, repo: _Repository) -> None:
         name = repo.name
-        for tag in self.list_dirs(paths.tags_dir(name), name) or []:
+        for tag in self.repo_dirs(paths.tags_dir(name), repo):
             target = self.read_link(paths.tag_current_link(name, tag), repo)
             if target is _GONE:
                 continue  # no current/link: the tag is not there (Go skips it too)
@@ -664,13 +686,13 @@ class _Marker:
 
     def scan_layers(self, repo: _Repository) -> None:
         name = repo.name
-        for algorithm in self.list_dirs(paths.layers_dir(name), name) or []:
+        for algorithm in self.repo_dirs(paths.layers_dir(name), repo):
             folder = paths.layers_dir(name, algorithm)
             length = ALGORITHMS.get(algorithm)
             if length is None:
                 self.invalid(folder, name, f"layer links of algorithm {algorithm!r}")
                 continue
-            names = self.list_dirs(folder, name) or []
+            names = self.repo_dirs(folder, repo)
             if not _all_hex(names, length):
                 names = self.valid_names(names, length, folder, name, "layer link")
             repo.layers.extend(map(sys.intern, names))
