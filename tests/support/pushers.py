@@ -160,7 +160,11 @@ class Client:
             try:
                 return call()
             except RegistryHTTPError as exc:
-                if exc.status == 404 and gone_ok and attempt:
+                # A 404 after a failed attempt: that attempt did the work. A 404 at once:
+                # another image of the pool shares the manifest (a platform child) and
+                # deleted it first. A manifest lost to the sweep would instead show in
+                # the monitor and the end-of-run storage oracle, which check every tag.
+                if exc.status == 404 and gone_ok:
                     return None
                 if exc.status < 500:
                     raise
