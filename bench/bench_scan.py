@@ -142,13 +142,20 @@ def ensure_tree(base: Path, blobs: int, seed: int) -> Path:
         return root
     if root.exists():
         shutil.rmtree(root)
-    from layergc.driver.filesystem import FilesystemDriver
-    from layergc.gc.treegen import generate
-
+    # In a child: a parent grown by the generator would show in every later
+    # child's peak RSS (fork copies the page tables before exec).
+    cmd = [sys.executable, "-m", "layergc.gc.treegen", "--root", str(root)]
     start = time.perf_counter()
-    summary = generate(FilesystemDriver(root), blobs, seed)
+    done = subprocess.run(
+        [*cmd, "--blobs", str(blobs), "--seed", str(seed)],
+        capture_output=True,
+        check=True,
+        env=_env(),
+        cwd=ROOT,
+    )
     took = time.perf_counter() - start
-    stamp.write_text(json.dumps({**summary.as_dict(), "seconds": round(took, 1)}))
+    summary = json.loads(done.stdout)
+    stamp.write_text(json.dumps({**summary, "seconds": round(took, 1)}))
     return root
 
 

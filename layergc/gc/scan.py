@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -69,7 +70,7 @@ from layergc.errors import InvalidLink, InvalidManifest, PathNotFound
 from layergc.names import is_valid_repository_name
 from layergc.storage import manifests, paths
 from layergc.storage.links import parse_link
-from layergc.storage.manifests import ManifestRefs
+from layergc.storage.manifests import ManifestRefs, is_lower_hex
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,6 @@ BLOB_LISTING = "blob-listing"
 REFERENCE_CACHE = "reference-cache"
 
 
-def _is_hex(text: str, length: int) -> bool:
-    """Whether `text` is `length` lowercase hex digits. A round trip through
-    bytes.fromhex runs in C: several times cheaper than a regex per name, and
-    strict (fromhex takes uppercase and spaces, hex() gives neither back)."""
-    if len(text) != length:
-        return False
-    try:
-        return bytes.fromhex(text).hex() == text
-    except ValueError:
-        return False
-
-
 def _all_hex(names: list[str], length: int, prefix: str = "") -> bool:
     """Whether every name is `length` lowercase hex digits starting with
     `prefix`: one pass in C over a whole folder listing."""
@@ -118,13 +107,14 @@ def _all_hex(names: list[str], length: int, prefix: str = "") -> bool:
     for i, char in enumerate(prefix):
         if joined[i::length] != char * count:
             return False
-    return _is_hex(joined, length * count)
+    return is_lower_hex(joined, length * count)
 
 
 # Internally a digest is its hex string: the supported algorithms have hex of
 # different lengths, so the hex alone names the digest, and a str hashes in C
 # where a Digest (a Python dataclass) does not. Digests are made at the edges.
 _ALGORITHM_OF_LENGTH = {length: algorithm for algorithm, length in ALGORITHMS.items()}
+_hex_attr = operator.attrgetter("hex")
 _HASHES = {algorithm: getattr(hashlib, algorithm) for algorithm in ALGORITHMS}
 
 
@@ -531,7 +521,7 @@ class _Marker:
             prefixes = sorted(self.list_dirs(base, None, blocking=False) or [])
             for i, prefix in enumerate(prefixes):
                 folder = f"{base}/{prefix}"
-                if not _is_hex(prefix, 2):
+                if not is_lower_hex(prefix, 2):
                     self.invalid(folder, None, f"blob prefix folder {prefix!r}")
                     continue
                 names = self.list_dirs(folder, None, blocking=False) or []
@@ -555,7 +545,7 @@ class _Marker:
         """The names that are hex digests (starting with `prefix`); the others reported."""
         valid = []
         for name in names:
-            if _is_hex(name, length) and name.startswith(prefix):
+            if is_lower_hex(name, length) and name.startswith(prefix):
                 valid.append(name)
             else:
                 self.invalid(f"{folder}/{name}", repository, f"{what} folder {name!r}")
@@ -632,7 +622,7 @@ class _Marker:
                 self.invalid(folder, name, f"revisions of algorithm {algorithm!r}", True)
                 continue
             for hex_ in self.repo_dirs(folder, repo):
-                if not _is_hex(hex_, length):
+                if not is_lower_hex(hex_, length):
                     self.invalid(f"{folder}/{hex_}", name, f"revision folder {hex_!r}", True)
                     continue
                 self.read_revision(repo, sys.intern(hex_))
@@ -687,7 +677,7 @@ class _Marker:
         if known is not None and known.algorithm == algorithm:
             return known.hex
         length = ALGORITHMS.get(algorithm)
-        if length is not None and _is_hex(hex_, length):
+        if length is not None and is_lower_hex(hex_, length):
             return hex_
         try:
             d = parse_link(path, content)
@@ -744,18 +734,19 @@ class _Marker:
                     loaded[d.hex] = refs
             self.stats.manifests_cached += len(cached)
             todo = [h for h in todo if h not in loaded]
-        parsed: dict[Digest, ManifestRefs] = {}
+        parsed = 0
         for start in range(0, len(todo), _BATCH):
             batch = todo[start : start + _BATCH]
             outcomes = self.pool_map(self.read_manifest, batch, chunk=16)
             for h, outcome in zip(batch, outcomes, strict=True):
                 loaded[h] = outcome
-                if isinstance(outcome, ManifestRefs):
-                    parsed[self.digest(h)] = outcome
+                parsed += isinstance(outcome, ManifestRefs)
             self.report("manifests", min(start + _BATCH, len(todo)), len(todo))
-        self.stats.manifests_parsed += len(parsed)
-        if parsed:
-            self.cache_put(parsed)
+        self.stats.manifests_parsed += parsed
+        if parsed and self.cache is not None:
+            self.cache_put(
+                {self.digest(h): r for h in todo if isinstance(r := loaded[h], ManifestRefs)}
+            )
 
     def read_manifest(self, hex_: str) -> _Loaded:
         d = self.digest(hex_)
@@ -1018,12 +1009,11 @@ def _expand(
         refs = refs_of(h)
         if refs is None:
             continue
-        blobs = [d.hex for d in refs.blobs]
-        marked.update(blobs)
+        marked.update(map(_hex_attr, refs.blobs))
         if refs.children:
-            children = [d.hex for d in refs.children]
+            children = list(map(_hex_attr, refs.children))
             marked.update(children)
             stack.extend(children)
         if refs.kind == "unknown":
-            stack.extend(b for b in blobs if is_manifest(b))
+            stack.extend(b for b in map(_hex_attr, refs.blobs) if is_manifest(b))
     return marked

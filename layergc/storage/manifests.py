@@ -230,7 +230,7 @@ def _collect(
 def _new_digest(algorithm: str, encoded: str, intern: dict[str, Digest] | None) -> Digest | None:
     """The Digest for a well-formed supported digest (registered in `intern`), else None."""
     name = _ALGORITHM_NAMES.get(algorithm)
-    if name is None or not _is_hex(encoded, ALGORITHMS[name]):
+    if name is None or not is_lower_hex(encoded, ALGORITHMS[name]):
         return None
     if intern is None:
         return Digest(name, encoded)
@@ -344,7 +344,7 @@ def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
             stack.extend((None, item) for item in value)
 
 
-def _is_hex(text: str, length: int) -> bool:
+def is_lower_hex(text: str, length: int) -> bool:
     """`length` lowercase hex digits? (bytes.fromhex runs in C; the round trip
     refuses the uppercase and spaces that fromhex alone accepts)."""
     if len(text) != length:
