@@ -232,3 +232,20 @@ def test_refs_round_trip_through_a_dict() -> None:
     assert ManifestRefs.from_dict(json.loads(json.dumps(refs.to_dict()))) == refs
     with pytest.raises(ValueError):
         ManifestRefs.from_dict({**refs.to_dict(), "kind": "bogus"})
+
+
+def test_make_digest_is_a_plain_digest() -> None:
+    d = mt.make_digest("sha256", dg(1).hex)
+    assert d == dg(1) and hash(d) == hash(dg(1)) and str(d) == str(dg(1))
+    assert isinstance(d, Digest)
+
+
+def test_known_hex_skips_the_check_but_not_the_length() -> None:
+    hex_ = dg(1).hex
+    known = {hex_, "not-hex-but-known"}
+    content = image(mt.OCI_MANIFEST, dg(0), [dg(1)])
+    assert references(content, known_hex=known).blobs == (dg(0), dg(1))
+    # A known sha256 hex under another algorithm is still a malformed digest.
+    wrong = enc({"config": desc(dg(0)), "layers": [desc(f"sha512:{hex_}")]})
+    with pytest.raises(InvalidManifest):
+        references(wrong, known_hex=known)

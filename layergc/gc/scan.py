@@ -70,7 +70,7 @@ from layergc.errors import InvalidLink, InvalidManifest, PathNotFound
 from layergc.names import is_valid_repository_name
 from layergc.storage import manifests, paths
 from layergc.storage.links import parse_link
-from layergc.storage.manifests import ManifestRefs, is_lower_hex
+from layergc.storage.manifests import ManifestRefs, is_lower_hex, make_digest
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class _Interner(dict[str, Digest]):
     def digest(self, hex_: str) -> Digest:
         d = self.get(hex_)
         if d is None:
-            d = self[hex_] = Digest(_ALGORITHM_OF_LENGTH[len(hex_)], hex_)
+            d = self[hex_] = make_digest(_ALGORITHM_OF_LENGTH[len(hex_)], hex_)
         return d
 
 
@@ -492,6 +492,7 @@ class _Marker:
         # Blobs first: a blob written after its listing is simply not a
         # candidate, and the listing doubles as the manifests' existence check.
         self.blob_hexes = self.list_blobs()
+        self.blob_set()  # before any thread needs it
         t = self.timed("blobs", t)
         repos = self.find_repositories()
         t = self.timed("repositories", t)
@@ -764,7 +765,7 @@ class _Marker:
         try:
             if _HASHES[d.algorithm](content).hexdigest() != hex_:
                 raise InvalidManifest("its content does not match its digest (corrupt blob)")
-            return manifests.references(content, intern=self.interner)
+            return manifests.references(content, intern=self.interner, known_hex=self.blob_set())
         except InvalidManifest as exc:
             self.error(
                 UNPARSEABLE_MANIFEST,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any, Literal, NamedTuple
 
 from layergc.digest import ALGORITHMS, Digest
@@ -117,6 +117,7 @@ def references(
     media_type_hint: str | None = None,
     *,
     intern: dict[str, Digest] | None = None,
+    known_hex: Container[str] = (),
 ) -> ManifestRefs:
     """Parse a stored manifest and say what it references.
 
@@ -127,6 +128,8 @@ def references(
 
     `intern` (hex -> Digest, filled as it goes) lets a caller parsing many
     manifests share one Digest object per digest: less memory, faster sets.
+    `known_hex` holds hex strings already validated (say, the blob store's
+    listing): they are not checked again.
     """
     doc = _load(content)
     media_type = doc.get("mediaType")
@@ -137,6 +140,7 @@ def references(
     kind = _KINDS.get(media_type, "unknown")
     if intern is None:
         intern = {}
+    table = _Table(intern, known_hex)
     # Keyed by hex (unique across the supported algorithms: their lengths
     # differ), which hashes faster than a Digest; insertion order is kept.
     blobs: dict[str, Digest] = {}
@@ -144,37 +148,35 @@ def references(
     unknown: list[str] = []
     subject: Digest | None = None
     if kind == "unknown":
-        subject = _collect_anywhere(doc, blobs, intern, unknown)
+        subject = _collect_anywhere(doc, blobs, table, unknown)
     elif kind == "schema1":
         fs_layers = _descriptor_list(doc, "fsLayers", required=True)
-        _collect(fs_layers, "fsLayers", blobs, intern, unknown, "blobSum")
+        _collect(fs_layers, "fsLayers", blobs, table, unknown, "blobSum")
     elif kind == "index":
-        _collect(
-            _descriptor_list(doc, "manifests", required=True),
-            "manifests",
-            children,
-            intern,
-            unknown,
-        )
-        subject = _subject(doc, intern, unknown)
+        manifests = _descriptor_list(doc, "manifests", required=True)
+        _collect(manifests, "manifests", children, table, unknown)
+        subject = _subject(doc, table, unknown)
     elif media_type == OCI_ARTIFACT:
-        _collect(_descriptor_list(doc, "blobs", required=False), "blobs", blobs, intern, unknown)
-        subject = _subject(doc, intern, unknown)
+        _collect(_descriptor_list(doc, "blobs", required=False), "blobs", blobs, table, unknown)
+        subject = _subject(doc, table, unknown)
     else:  # schema2 or OCI image manifest
         config = doc.get("config")
         if config is None:
             raise InvalidManifest(f"{media_type} has no config descriptor")
-        _collect([config], "config", blobs, intern, unknown)
+        _collect([config], "config", blobs, table, unknown)
         layers = _descriptor_list(doc, "layers", required=media_type == DOCKER_SCHEMA2)
-        _collect(layers, "layers", blobs, intern, unknown)
-        subject = _subject(doc, intern, unknown)
-    return ManifestRefs(
-        media_type,
-        kind,
-        tuple(blobs.values()),
-        tuple(children.values()),
-        subject,
-        tuple(dict.fromkeys(unknown)),
+        _collect(layers, "layers", blobs, table, unknown)
+        subject = _subject(doc, table, unknown)
+    # _make: tuple.__new__ straight, without NamedTuple's Python-level __new__.
+    return ManifestRefs._make(
+        (
+            media_type,
+            kind,
+            tuple(blobs.values()),
+            tuple(children.values()),
+            subject,
+            tuple(dict.fromkeys(unknown)) if unknown else (),
+        )
     )
 
 
@@ -182,33 +184,69 @@ def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> D
     """A descriptor's digest: a Digest, or the string itself when it is a
     well-formed digest of an algorithm the registry does not store.
     Raises InvalidManifest for anything else."""
-    if type(value) is str:
-        algorithm, _, encoded = value.partition(":")
-        if intern is not None:
-            known = intern.get(encoded)
-            if known is not None and known.algorithm == algorithm:
-                return known
-        digest = _new_digest(algorithm, encoded, intern)
-        if digest is not None:
-            return digest
-        if _DIGEST_GRAMMAR.fullmatch(value) and algorithm not in ALGORITHMS:
-            return value
-    raise InvalidManifest(f"invalid digest in manifest: {_short(value)}")
+    return _Table({} if intern is None else intern).reference(value)
 
 
 # --- internals ---------------------------------------------------------------
+
+
+class _Table:
+    """The Digests of one parse: shared through `by_hex` (see references())."""
+
+    __slots__ = ("by_hex", "known")
+
+    def __init__(self, by_hex: dict[str, Digest], known: Container[str] = ()) -> None:
+        self.by_hex = by_hex
+        self.known = known
+
+    def new(self, algorithm: str, encoded: str) -> Digest | None:
+        """The Digest of a well-formed supported digest (registered), else None."""
+        name = _ALGORITHM_NAMES.get(algorithm)
+        if name is None:
+            return None
+        length = ALGORITHMS[name]
+        if len(encoded) != length or (
+            encoded not in self.known and not is_lower_hex(encoded, length)
+        ):
+            return None
+        # One string per hex, shared with every other holder (listings, links).
+        encoded = sys.intern(encoded)
+        digest = self.by_hex[encoded] = make_digest(name, encoded)
+        return digest
+
+    def reference(self, value: object) -> Digest | str:
+        if type(value) is str:
+            algorithm, _, encoded = value.partition(":")
+            digest = self.by_hex.get(encoded) or self.new(algorithm, encoded)
+            if digest is not None and digest.algorithm == algorithm:
+                return digest
+            if _DIGEST_GRAMMAR.fullmatch(value) and algorithm not in ALGORITHMS:
+                return value
+        raise InvalidManifest(f"invalid digest in manifest: {_short(value)}")
+
+    def field(self, descriptor: Any, key: str, where: str) -> Digest | str:
+        """The digest in `descriptor[key]`, or InvalidManifest saying where."""
+        if type(descriptor) is not dict:
+            raise InvalidManifest(f"{where} is a {type(descriptor).__name__}, not a descriptor")
+        if key not in descriptor:
+            raise InvalidManifest(f"{where} has no {key!r}")
+        try:
+            return self.reference(descriptor[key])
+        except InvalidManifest as exc:
+            raise InvalidManifest(f"{where}.{key}: {exc}") from None
 
 
 def _collect(
     items: list[Any],
     where: str,
     into: dict[str, Digest],
-    intern: dict[str, Digest],
+    table: _Table,
     unknown: list[str],
     key: str = "digest",
 ) -> None:
     """The digests of a list of descriptors, into `into` (unknown algorithms
     into `unknown`). The hot loop of a mark: the common case is inlined."""
+    by_hex = table.by_hex
     for i, item in enumerate(items):
         if type(item) is dict:
             value = item.get(key)
@@ -216,46 +254,22 @@ def _collect(
                 # Fast path: a digest seen before (layers are shared), or a new
                 # well-formed one.
                 algorithm, _, encoded = value.partition(":")
-                known = intern.get(encoded) or _new_digest(algorithm, encoded, intern)
+                known = by_hex.get(encoded) or table.new(algorithm, encoded)
                 if known is not None and known.algorithm == algorithm:
                     into[known.hex] = known
                     continue
-        ref = _field_digest(item, key, f"{where}[{i}]", intern)
+        ref = table.field(item, key, f"{where}[{i}]")
         if type(ref) is str:
             unknown.append(ref)
         else:
             into[ref.hex] = ref  # type: ignore[union-attr]
 
 
-def _new_digest(algorithm: str, encoded: str, intern: dict[str, Digest] | None) -> Digest | None:
-    """The Digest for a well-formed supported digest (registered in `intern`), else None."""
-    name = _ALGORITHM_NAMES.get(algorithm)
-    if name is None or not is_lower_hex(encoded, ALGORITHMS[name]):
-        return None
-    if intern is None:
-        return Digest(name, encoded)
-    # One string per hex, shared with every other holder (listings, links).
-    encoded = sys.intern(encoded)
-    digest = intern[encoded] = Digest(name, encoded)
-    return digest
-
-
-def _field_digest(descriptor: Any, key: str, where: str, intern: dict[str, Digest]) -> Digest | str:
-    if type(descriptor) is not dict:
-        raise InvalidManifest(f"{where} is a {type(descriptor).__name__}, not a descriptor")
-    if key not in descriptor:
-        raise InvalidManifest(f"{where} has no {key!r}")
-    try:
-        return parse_reference(descriptor[key], intern)
-    except InvalidManifest as exc:
-        raise InvalidManifest(f"{where}.{key}: {exc}") from None
-
-
-def _subject(doc: dict[str, Any], intern: dict[str, Digest], unknown: list[str]) -> Digest | None:
+def _subject(doc: dict[str, Any], table: _Table, unknown: list[str]) -> Digest | None:
     subject = doc.get("subject")
     if subject is None:
         return None
-    ref = _field_digest(subject, "digest", "subject", intern)
+    ref = table.field(subject, "digest", "subject")
     if type(ref) is str:
         unknown.append(ref)
         return None
@@ -303,22 +317,22 @@ def _descriptor_list(doc: dict[str, Any], key: str, *, required: bool) -> list[A
 
 
 def _collect_anywhere(
-    doc: dict[str, Any], into: dict[str, Digest], intern: dict[str, Digest], unknown: list[str]
+    doc: dict[str, Any], into: dict[str, Digest], table: _Table, unknown: list[str]
 ) -> Digest | None:
     """Unknown media type: every descriptor and every digest string counts.
     Returns the subject, which is kept too (we do not know what it is to this)."""
     subject = None
     if type(doc.get("subject")) is dict and "digest" in doc["subject"]:
-        subject = _subject(doc, intern, unknown)
+        subject = _subject(doc, table, unknown)
     for key, value in _walk(doc):
         if type(value) is not str:
             continue
         if key in ("digest", "blobSum"):
             # A descriptor: its digest must be readable, or we cannot know what it keeps.
-            ref = _field_digest({key: value}, key, "descriptor", intern)
+            ref = table.field({key: value}, key, "descriptor")
         else:
             try:
-                ref = parse_reference(value, intern)
+                ref = table.reference(value)
             except InvalidManifest:
                 continue  # ordinary text
             if type(ref) is str:
@@ -342,6 +356,32 @@ def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
             stack.extend(value.items())
         elif isinstance(value, list):
             stack.extend((None, item) for item in value)
+
+
+def _digest_maker() -> Callable[[str, str], Digest]:
+    """A Digest constructor for an algorithm and hex already validated.
+
+    A mark makes ~100,000 Digests and the frozen dataclass's __init__ costs
+    five times what setting its two slots directly does. Digest has no
+    validation in __init__ (Digest.parse validates), so nothing is skipped;
+    should Digest stop being a slots class, this falls back to calling it."""
+    try:
+        set_algorithm = Digest.__dict__["algorithm"].__set__
+        set_hex = Digest.__dict__["hex"].__set__
+    except (KeyError, AttributeError):  # pragma: no cover - Digest changed shape
+        return Digest
+    new = object.__new__
+
+    def make(algorithm: str, hex_: str) -> Digest:
+        digest = new(Digest)
+        set_algorithm(digest, algorithm)
+        set_hex(digest, hex_)
+        return digest
+
+    return make
+
+
+make_digest = _digest_maker()
 
 
 def is_lower_hex(text: str, length: int) -> bool:
