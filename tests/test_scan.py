@@ -587,3 +587,18 @@ def test_storage_faults_never_unmark_a_kept_blob(delete_untagged: bool) -> None:
             continue
         assert set(result.unreferenced) <= garbage
     assert blocked  # the faults hit something that matters at least once
+
+
+def test_mark_leaves_the_garbage_collector_as_it_found_it(driver: StorageDriver) -> None:
+    import gc
+
+    Tree(driver).image("gc/app", "v1")
+    assert gc.isenabled()
+    scan.mark(driver)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        scan.mark(driver)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
