@@ -340,11 +340,11 @@ def mark(
     for a bad object (see `errors` and `blob_deletion_blocked`).
 
     `progress(phase, done, total)` is called now and then. `workers` > 1 reads
-    repositories and manifests from a thread pool. It pays where a read waits:
-    per-request latency (S3), a cold page cache (a 10,000-blob tree: 1.2 s
-    instead of 1.9 to 2.6 s); with a warm cache it neither gains nor loses on
-    a local disk (the GIL), and in memory there is nothing to wait for. The
-    default picks by driver.
+    repositories and manifests from a thread pool. It pays where reads wait:
+    per-request latency (S3), a cold page cache (10,000 blobs: 1.2 s instead
+    of 1.9 to 2.6 s). With a warm cache on a local disk it costs: at 100,000
+    blobs 4 threads took twice the CPU time of one and no less wall time (the
+    GIL), so the default is one thread for local drivers.
     """
     if workers is None:
         workers = _DEFAULT_WORKERS.get(driver.name, 16)
@@ -378,7 +378,7 @@ def _gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-_DEFAULT_WORKERS = {"inmemory": 1, "filesystem": 4}
+_DEFAULT_WORKERS = {"inmemory": 1, "filesystem": 1}
 # Where get_content of a file of any size is cheap enough (see read_bounded).
 _LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 # Manifests read per batch: bounds memory (content is dropped once parsed).
