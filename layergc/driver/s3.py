@@ -121,6 +121,7 @@ class _KeyRange:
     after: str | None
     stop: str | None
     max_keys: int
+    more: bool = False  # the rest of a range that held more than its estimate
 
 
 def _error_code(exc: BaseException | None) -> str:
@@ -811,7 +812,7 @@ class S3Driver(StorageDriver):
             if not slash or 2 * (len(keys) - bisect.bisect_left(keys, child)) < len(keys):
                 # A file, or a folder that held little of this page: one more page
                 # ends it as likely as a listing of its sub-folders would.
-                return [_KeyRange(last, key_range.stop, self.list_max)]
+                return [self._rest(last, key_range)]
             folder = child
         start = key_range.after if key_range.after is not None else folder
         # Sub-folders the page went into: all done but the one holding `last`.
@@ -824,10 +825,20 @@ class S3Driver(StorageDriver):
         parts = max(1, min(gaps, math.ceil(rest / (0.8 * self.list_max))))
         # Group i of the gaps starts at gap (i * gaps) // parts, which follows that point.
         cuts = sorted({points[(i * gaps) // parts - 1] for i in range(1, parts)})
-        max_keys = min(self.list_max, math.ceil(rest / parts * 1.25) + 16)
+        max_keys = min(self.list_max, math.ceil(rest / parts * 1.1) + 16)
         bounds = [last, *cuts]
         stops = [*cuts, key_range.stop]
         return [_KeyRange(a, b, max_keys) for a, b in zip(bounds, stops, strict=True)]
+
+    def _rest(self, last: str, key_range: _KeyRange) -> _KeyRange:
+        """What follows `last` in a range no cut can split: a range that went past
+        its estimate is most likely nearly done, so a small page first (a full
+        one would mostly bring keys past its end), then doubling."""
+        if not key_range.more and key_range.max_keys < self.list_max:
+            size = max(32, key_range.max_keys // 4)
+        else:
+            size = min(self.list_max, 2 * key_range.max_keys)
+        return _KeyRange(last, key_range.stop, size, more=True)
 
     def _children(self, path: str, folder: str, cache: dict[str, list[str]]) -> list[str]:
         """The sub-folder prefixes of key prefix `folder`, sorted (cached per listing)."""
