@@ -497,7 +497,8 @@ def make_driver(settings: Settings) -> StorageDriver:
         root = params["rootdirectory"]
         if not os.path.isdir(root):
             raise ConfigError(f"storage root {root} is not a directory")
-        return FilesystemDriver(root)
+        # Made for one run and closed after it: the run sees one root throughout.
+        return FilesystemDriver(root, hold_root=True)
     if name == "s3":
         from layergc.driver.s3 import S3Driver
 

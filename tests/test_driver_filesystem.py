@@ -28,12 +28,15 @@ from tests.driver_conformance import (
 )
 
 # Both resolutions run the whole suite where the kernel has openat2(2); the
-# portable one everywhere.
+# portable one everywhere. The openat2 driver holds its root open (as a run's
+# driver does), the portable one opens it per call (as a long-lived one does):
+# each way of getting the root is exercised by the whole suite.
 RESOLUTIONS = ["openat2", "portable"] if filesystem._OPENAT2 is not None else ["portable"]
 
 
 def make_driver(root: Path, resolution: str) -> FilesystemDriver:
-    return FilesystemDriver(root, openat2=resolution == "openat2")
+    held = resolution == "openat2" or filesystem._OPENAT2 is None
+    return FilesystemDriver(root, openat2=resolution == "openat2", hold_root=held)
 
 
 @pytest.fixture(params=RESOLUTIONS)
@@ -43,13 +46,17 @@ def resolution(request: pytest.FixtureRequest) -> str:
 
 class TestFilesystemDriver(DriverConformance, FolderConformance):
     @pytest.fixture
-    def driver(self, tmp_path: Path, resolution: str) -> FilesystemDriver:
-        return make_driver(tmp_path / "root", resolution)
+    def driver(self, tmp_path: Path, resolution: str) -> Iterator[FilesystemDriver]:
+        driver = make_driver(tmp_path / "root", resolution)
+        yield driver
+        driver.close()
 
 
 @pytest.fixture
-def fs(tmp_path: Path, resolution: str) -> FilesystemDriver:
-    return make_driver(tmp_path / "root", resolution)
+def fs(tmp_path: Path, resolution: str) -> Iterator[FilesystemDriver]:
+    driver = make_driver(tmp_path / "root", resolution)
+    yield driver
+    driver.close()
 
 
 # --- the root and the layout ----------------------------------------------------
@@ -98,7 +105,8 @@ def test_empty_folders_stay_as_in_go(fs: FilesystemDriver) -> None:
 
 
 def test_root_replaced_while_the_driver_lives(tmp_path: Path, resolution: str) -> None:
-    driver = make_driver(tmp_path / "root", resolution)
+    """A driver that does not hold its root (the default) follows a new one."""
+    driver = FilesystemDriver(tmp_path / "root", openat2=resolution == "openat2")
     driver.put_content("/old", b"old")
     (tmp_path / "root").rename(tmp_path / "moved")
     (tmp_path / "root").mkdir()
@@ -433,3 +441,38 @@ def test_unexpected_os_errors_become_driver_errors(
     monkeypatch.setattr(filesystem.os, "unlink", refuse)
     with pytest.raises(StorageDriverError, match=r"delete '/dir/file'.*Permission denied"):
         fs.delete("/dir/file")
+
+
+# --- the held root ----------------------------------------------------------------
+
+
+def test_held_root_keeps_the_folder_it_opened(tmp_path: Path) -> None:
+    """A run's driver sees one root throughout: renamed away and replaced midway,
+    the old tree is what it goes on reading and writing."""
+    root = tmp_path / "root"
+    held = FilesystemDriver(root, hold_root=True)
+    fresh = FilesystemDriver(root)
+    held.put_content("/a/b", b"old")
+    root.rename(tmp_path / "moved")
+    root.mkdir()
+    (root / "a").mkdir()
+    (root / "a" / "b").write_bytes(b"new")
+    assert held.get_content("/a/b") == b"old"
+    assert fresh.get_content("/a/b") == b"new"
+    held.put_content("/a/c", b"written")
+    assert (tmp_path / "moved" / "a" / "c").read_bytes() == b"written"
+    assert not (root / "a" / "c").exists()
+    assert held.list("/") == ["/a"]
+
+
+def test_close_releases_the_held_root(tmp_path: Path) -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    driver = FilesystemDriver(tmp_path / "root", hold_root=True)
+    assert len(os.listdir("/proc/self/fd")) == fds_before + 1
+    driver.put_content("/x", b"1")
+    driver.close()
+    driver.close()  # idempotent
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    # After close it opens the root per call, as a driver that never held it.
+    assert driver.get_content("/x") == b"1"
+    assert len(os.listdir("/proc/self/fd")) == fds_before

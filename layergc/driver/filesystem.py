@@ -65,6 +65,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _FILE_MODE = 0o666  # less the umask, as Go's driver
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_LISTING_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")  # names joined by "/"
 _TEMP_SUFFIX = "~tmp"  # `~` is not valid in a driver path: never listed, never clashes
 
 _SYMLINK_REASON = "path crosses a symbolic link"
@@ -148,7 +149,7 @@ def _make_openat2() -> Opener | None:
         how = hows.get(flags)
         if how is None:
             how = hows[flags] = _OpenHow(flags, 0, resolve)
-        fd = syscall(_SYS_OPENAT2, dir_fd, os.fsencode(rel), ctypes.byref(how), size)
+        fd = syscall(_SYS_OPENAT2, dir_fd, rel.encode(), ctypes.byref(how), size)
         if fd < 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), rel)
@@ -258,11 +259,23 @@ class FilesystemDriver(StorageDriver):
 
     `openat2`: None uses openat2(2) when the kernel has it, False never does
     (the portable resolution, which tests exercise too), True requires it.
+
+    `hold_root`: by default the root is opened afresh by every call, so that a
+    long-lived driver follows a root that is replaced or remounted. A driver
+    made for one garbage-collection run holds it open instead, until close():
+    the run then sees one root from start to end, and each read costs two
+    system calls less (a mark makes some 60,000 of them at 100,000 blobs).
     """
 
     name = "filesystem"
 
-    def __init__(self, root: str | os.PathLike[str], *, openat2: bool | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        openat2: bool | None = None,
+        hold_root: bool = False,
+    ) -> None:
         os.makedirs(root, exist_ok=True)
         self.root = os.path.realpath(root)
         if not os.path.isdir(self.root):
@@ -270,25 +283,40 @@ class FilesystemDriver(StorageDriver):
         if openat2 and _OPENAT2 is None:
             raise StorageDriverError("openat2(2) is not available on this system")
         self._open: Opener = _OPENAT2 if (openat2 is not False and _OPENAT2) else _open_portable
+        self._held_root = os.open(self.root, _DIR_FLAGS) if hold_root else None
 
     def __repr__(self) -> str:
         return f"FilesystemDriver({self.root!r})"
 
     # --- resolution ------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release the held root, if any (the driver then opens it per call)."""
+        held, self._held_root = self._held_root, None
+        if held is not None:
+            os.close(held)
+
+    def _root(self) -> tuple[int, bool]:
+        """A descriptor of the root, and whether the caller must close it."""
+        held = self._held_root
+        if held is not None:
+            return held, False
+        return os.open(self.root, _DIR_FLAGS), True
+
     def _open_root(self) -> int:
-        # Opened per call, not held: a root replaced or remounted while a daemon
-        # runs must not leave us writing into the old folder.
-        return os.open(self.root, _DIR_FLAGS)
+        """A descriptor of the root that the caller owns (and closes)."""
+        root, owned = self._root()
+        return root if owned else os.dup(root)
 
     def _open_below(self, rel: str, path: str, flags: int) -> int:
-        root = self._open_root()
+        root, owned = self._root()
         try:
             return self._open(root, rel, flags)
         except OSError as error:
             raise _translate(error, path) from None
         finally:
-            os.close(root)
+            if owned:
+                os.close(root)
 
     def _open_dir(self, rel: str, path: str) -> int:
         """A descriptor of the existing folder `rel` ('' is the root)."""
@@ -298,19 +326,18 @@ class FilesystemDriver(StorageDriver):
         """A descriptor of folder `rel`, created (with its parents) if missing."""
         if not rel:
             return self._open_root()
-        root = self._open_root()
+        root, owned = self._root()
         try:
-            fd = self._open(root, rel, _DIR_FLAGS)
+            return self._open(root, rel, _DIR_FLAGS)
         except FileNotFoundError:
             pass
         except OSError as error:
-            os.close(root)
             raise self._creation_error(error, path) from None
-        else:
-            os.close(root)
-            return fd
+        finally:
+            if owned:
+                os.close(root)
         # Slow path, only when something is missing: one component at a time.
-        fd = root
+        fd = self._open_root()
         try:
             for name in rel.split("/"):
                 try:
@@ -352,14 +379,17 @@ class FilesystemDriver(StorageDriver):
         validate_path(path)
         fd, st = self._open_file(path)
         try:
-            chunks = []
-            # One byte more than the size, so that a small file takes one read
-            # and one read at EOF; a file that grew meanwhile is still read whole.
+            # One byte more than the size: a read of a regular file that returns
+            # less than asked has reached the end, so a file that did not grow
+            # takes one read; one that grew meanwhile is still read whole.
             want = st.st_size + 1
-            while chunk := os.read(fd, want if want > 0 else 1 << 16):
+            chunk = os.read(fd, want)
+            if len(chunk) < want:
+                return chunk
+            chunks = [chunk]
+            while chunk := os.read(fd, 1 << 16):
                 chunks.append(chunk)
-                want -= len(chunk)
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)
         finally:
             os.close(fd)
 
@@ -471,10 +501,14 @@ class FilesystemDriver(StorageDriver):
             with os.scandir(fd) as entries:
                 # A symlink counts as a folder: the conservative answer (see the module doc).
                 found = [
-                    (e.name, e.is_symlink() or e.is_dir(follow_symlinks=False)) for e in entries
+                    (e.name, e.is_dir(follow_symlinks=False) or e.is_symlink()) for e in entries
                 ]
         finally:
             os.close(fd)
+        # One match over all the names (a blob prefix folder holds hundreds): the
+        # usual case; a listing with an odd name is sorted out name by name.
+        if _LISTING_RE.fullmatch("/".join([name for name, _ in found])) or not found:
+            return found
         listed = [entry for entry in found if _COMPONENT_RE.fullmatch(entry[0])]
         if len(listed) < len(found):
             unnameable = [n for n, _ in found if not _COMPONENT_RE.fullmatch(n)]
