@@ -14,7 +14,14 @@ Measures, in one run, over one file of random bytes in `--dir`:
 3. memory: the peak RSS of the upload process, which must stay under 100 MiB.
 
 Each measured step runs in a fresh child process (so that peak RSS is that of
-the step alone) and reports JSON; the best of `--repeat` runs is kept.
+the step alone) and reports JSON. The throughput contenders run in `--repeat`
+rounds, one run each per round, in an order that rotates from round to round so
+that they all see the same machine load; the ratio is the best upload against
+the best bare loop, and the median of the rounds' own ratios is printed beside
+it. Before the rounds the source is fsynced and one untimed bare loop runs: on
+the machine these figures come from, the first 1 GiB written after the source
+was consistently 2 to 4 times slower than later ones, which would have favoured
+whichever contender did not run first.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +68,9 @@ def make_source(path: Path, size: int, chunk: int) -> str:
             h.update(block)
             f.write(block)
             left -= len(block)
+        f.flush()
+        # Its writeback must not run into the timed steps.
+        os.fsync(f.fileno())
     return "sha256:" + h.hexdigest()
 
 
@@ -67,7 +78,7 @@ def make_source(path: Path, size: int, chunk: int) -> str:
 
 
 def step_bare(source: Path, dest: Path, chunk: int, fsync: bool = False) -> dict[str, Any]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     h = hashlib.sha256()
     with source.open("rb") as src, dest.open("wb") as out:
         while block := src.read(chunk):
@@ -76,7 +87,11 @@ def step_bare(source: Path, dest: Path, chunk: int, fsync: bool = False) -> dict
         if fsync:
             out.flush()
             os.fsync(out.fileno())
-    return {"seconds": time.perf_counter() - started, "digest": "sha256:" + h.hexdigest()}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+        "digest": "sha256:" + h.hexdigest(),
+    }
 
 
 def _layers(root: Path, repo: str) -> Any:
@@ -88,7 +103,7 @@ def _layers(root: Path, repo: str) -> Any:
 
 def step_upload(source: Path, root: Path, chunk: int, digest: str) -> dict[str, Any]:
     layers = _layers(root, "bench/upload")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     upload = layers.upload()
     with source.open("rb") as src:
         while block := src.read(chunk):
@@ -98,6 +113,7 @@ def step_upload(source: Path, root: Path, chunk: int, digest: str) -> dict[str, 
     done = time.perf_counter()
     return {
         "seconds": done - started,
+        "cpu_seconds": time.process_time() - cpu,
         "write_seconds": written - started,
         "finish_seconds": done - written,
         "length": layer.length,
@@ -188,7 +204,7 @@ def main() -> int:
     parser.add_argument("--size", default="1G", help="layer size (1G, 512M, ...)")
     parser.add_argument("--dir", default="/tmp/layergc-bench", help="work folder")
     parser.add_argument("--chunk", default="8M", help="write size")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measure (best kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per measure")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--step-args", help=argparse.SUPPRESS)
@@ -207,49 +223,70 @@ def main() -> int:
     digest = make_source(source, size, chunk)
     step_rehash(source, chunk, size)  # warm the page cache for every contender alike
 
-    bare, synced, upload, phases = [], [], [], []
-    for i in range(opts.repeat):
-        # Interleaved, so that all see the same machine load.
-        dest = work / "bare.out"
-        for fsync, times in ((False, bare), (True, synced)):
-            result = run_step("bare", source=source, dest=dest, chunk=chunk, fsync=fsync)
-            assert result["digest"] == digest
-            times.append(result["seconds"])
-            dest.unlink()
+    dest = work / "bare.out"
+    run_step("bare", source=source, dest=dest, chunk=chunk)  # untimed warm-up
+    dest.unlink()
+
+    def bare_run(fsync: bool) -> dict[str, Any]:
+        result = run_step("bare", source=source, dest=dest, chunk=chunk, fsync=fsync)
+        assert result["digest"] == digest
+        dest.unlink()
+        return result
+
+    def upload_run(i: int) -> dict[str, Any]:
         root = work / f"registry-{i}"
         result = run_step("upload", source=source, root=root, chunk=chunk, digest=digest)
         assert result["length"] == size
-        upload.append((result["seconds"], result["peak_rss_mib"]))
-        phases.append((result["write_seconds"], result["finish_seconds"]))
         shutil.rmtree(root)
+        return result
 
-    best_bare = min(bare)
-    best_upload = min(s for s, _ in upload)
-    peak = max(r for _, r in upload)
+    bare: list[dict[str, Any]] = []
+    synced: list[dict[str, Any]] = []
+    upload: list[dict[str, Any]] = []
+    for i in range(opts.repeat):
+        contenders = [
+            lambda: bare.append(bare_run(False)),
+            lambda: synced.append(bare_run(True)),
+            lambda i=i: upload.append(upload_run(i)),
+        ]
+        # Rotated: none always runs first, or right after another's writeback.
+        for k in range(len(contenders)):
+            contenders[(i + k) % len(contenders)]()
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:.3f}" for v in values)
+
+    def seconds(results: list[dict[str, Any]], key: str = "seconds") -> list[float]:
+        return [float(r[key]) for r in results]
+
+    times = seconds(upload)
+    best_bare, best_synced, best_upload = min(seconds(bare)), min(seconds(synced)), min(times)
+    peak = max(r["peak_rss_mib"] for r in upload)
     ratio = best_bare / best_upload
+    paired = [b / u for b, u in zip(seconds(bare), times, strict=True)]
+    paired_synced = [b / u for b, u in zip(seconds(synced), times, strict=True)]
+    for label, results in (
+        ("bare loop (read+hashlib+write):", bare),
+        ("layer upload + finish:         ", upload),
+        ("bare loop + fsync at the end:  ", synced),
+    ):
+        wall, cpu = seconds(results), seconds(results, "cpu_seconds")
+        best = min(wall)
+        print(f"{label} best {best:.3f} s ({size / MIB / best:.0f} MiB/s), runs {runs(wall)}")
+        print(f"{' ' * len(label)} CPU (user+sys) best {min(cpu):.3f} s, runs {runs(cpu)}")
+    fastest = upload[times.index(best_upload)]
     print(
-        f"bare loop (read+hashlib+write): best {best_bare:.3f} s "
-        f"({size / MIB / best_bare:.0f} MiB/s), runs {', '.join(f'{s:.3f}' for s in bare)}"
+        f"  of which writes {fastest['write_seconds']:.3f} s, finish (commit with fsync, move, "
+        f"link) {fastest['finish_seconds']:.3f} s; finish in every run: "
+        f"{runs([r['finish_seconds'] for r in upload])}"
     )
+    print(f"throughput ratio upload/bare, best against best: {ratio:.2f} (must be >= 0.80)")
+    print(f"  per round: {runs(paired)}; median {statistics.median(paired):.2f}")
     print(
-        f"layer upload + finish:          best {best_upload:.3f} s "
-        f"({size / MIB / best_upload:.0f} MiB/s), runs "
-        f"{', '.join(f'{s:.3f}' for s, _ in upload)}"
-    )
-    best_synced = min(synced)
-    print(
-        f"bare loop + fsync at the end:   best {best_synced:.3f} s "
-        f"({size / MIB / best_synced:.0f} MiB/s), runs {', '.join(f'{s:.3f}' for s in synced)}"
-    )
-    fastest = min(range(len(upload)), key=lambda i: upload[i][0])
-    print(
-        f"  of which writes {phases[fastest][0]:.3f} s, finish (commit with fsync, move, "
-        f"link) {phases[fastest][1]:.3f} s"
-    )
-    print(f"throughput ratio upload/bare: {ratio:.2f} (must be >= 0.80)")
-    print(
-        f"throughput ratio upload/(bare + fsync): {best_synced / best_upload:.2f} "
-        "(like for like: the filesystem driver's commit fsyncs, as Go's does)"
+        f"throughput ratio upload/(bare + fsync): best against best "
+        f"{best_synced / best_upload:.2f}, median per round "
+        f"{statistics.median(paired_synced):.2f} (like for like: the filesystem driver's "
+        "commit fsyncs, as Go's does)"
     )
     print(f"peak RSS of the upload process: {peak:.1f} MiB (must be < 100)")
 
