@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import durationpy
-import yaml
 
 from layergc.errors import ConfigError
 
@@ -370,6 +369,8 @@ def _read_toml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _read_registry_config(path: str, env: Mapping[str, str]) -> tuple[dict, dict]:
+    import yaml  # only here: most runs have no registry config to read
+
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)

@@ -52,7 +52,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.schema import Index as SqlIndex
 from sqlalchemy.sql import Select
@@ -122,8 +122,31 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-# JSONB on PostgreSQL (compact, indexable); JSON text elsewhere.
-JSONType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+class JSONType(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (compact, indexable); JSON text elsewhere.
+
+    The PostgreSQL type is looked up when a PostgreSQL engine first uses it: with
+    `with_variant` the dialect (and the async drivers it pulls in) was imported at every
+    start, a quarter of a second of each one-shot sweep on SQLite."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+
+def _postgresql() -> Any:
+    """The PostgreSQL dialect module, imported only by code that runs on PostgreSQL."""
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -140,8 +163,8 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {
         datetime: UTCDateTime(),
-        dict[str, Any]: JSONType,
-        list[Any]: JSONType,
+        dict[str, Any]: JSONType(),
+        list[Any]: JSONType(),
     }
 
 
@@ -340,7 +363,7 @@ class Index:
             raise ValueError(f"unsupported database dialect {dialect!r}")
         self.engine = engine
         self._dialect = dialect
-        self._insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        self._insert = sqlite.insert if dialect == "sqlite" else _postgresql().insert
 
     def close(self) -> None:
         self.engine.dispose()
@@ -365,7 +388,9 @@ class Index:
         a text[] on PostgreSQL, a JSON array read by json_each on SQLite. This keeps one
         statement in the compiled cache and under every bind-parameter limit."""
         if self._dialect == "postgresql":
-            return column == any_(bindparam("members", list(values), type_=postgresql.ARRAY(Text)))
+            return column == any_(
+                bindparam("members", list(values), type_=_postgresql().ARRAY(Text))
+            )
         members = func.json_each(bindparam("members", json.dumps(list(values)), type_=Text))
         return column.in_(select(members.table_valued("value").c.value))
 
@@ -381,7 +406,7 @@ class Index:
         names = list(columns)
         if self._dialect == "postgresql":
             arrays = [
-                bindparam(f"bulk_{name}", [row[i] for row in rows], type_=postgresql.ARRAY(t))
+                bindparam(f"bulk_{name}", [row[i] for row in rows], type_=_postgresql().ARRAY(t))
                 for i, (name, t) in enumerate(columns.items())
             ]
             src = func.unnest(*arrays).table_valued(*names).render_derived(name="src")
@@ -836,7 +861,7 @@ class Index:
                 # `extra` travels as JSON text; PostgreSQL stores it as jsonb.
                 extra: Any = src.c.extra
                 if self._dialect == "postgresql":
-                    extra = cast(extra, postgresql.JSONB)
+                    extra = cast(extra, _postgresql().JSONB)
                 names = list(columns)
                 stmt = (
                     self._insert(ManifestReferences)

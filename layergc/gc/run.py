@@ -8,14 +8,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layergc.config import Settings, make_driver
 from layergc.gc.blobcache import RedisAddress, RedisBlobCache
 from layergc.gc.db import open_index
 from layergc.gc.lease import held_lease
 from layergc.gc.sweep import SWEEP, Sweeper, SweepOptions
-from layergc.metrics import record_hook, record_run
+
+if TYPE_CHECKING:
+    from layergc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +68,15 @@ def run_sweep(
     index: Any = None,
     progress: Callable[[str, int, int | None], None] | None = None,
     take_lease: bool = False,
+    metrics: Metrics | None = None,
 ) -> dict[str, Any]:
     """Run once and return the report; per-object errors are in the report, not raised.
 
     With `take_lease` (a one-shot `layergc sweep`), a run that may delete first
     takes the index lease that `layergc serve` replicas take, so the two never
-    overlap; LeaseBusy when another run holds it.
+    overlap; LeaseBusy when another run holds it. The run is counted in `metrics`
+    when given (`layergc serve` passes the set it serves; a one-shot sweep has no
+    one to serve them to, and does not import prometheus_client at all).
     """
     driver = make_driver(settings)
     own_index = index is None
@@ -86,7 +91,7 @@ def run_sweep(
             blob_cache=cache,
             stop=stop,
             progress=progress,
-            hook_observer=record_hook,
+            hook_observer=metrics.record_hook if metrics is not None else None,
         )
         if take_lease and not settings.dry_run:
             with held_lease(index, settings.lease_ttl, sweeper.stop):
@@ -94,7 +99,8 @@ def run_sweep(
         else:
             report = sweeper.run(mode).as_json()
     except BaseException:
-        record_run(None, mode, "error", time.monotonic() - started)
+        if metrics is not None:
+            metrics.record_run(None, mode, "error", time.monotonic() - started)
         raise
     finally:
         if cache is not None:
@@ -102,5 +108,6 @@ def run_sweep(
         if own_index:
             index.close()
         driver.close()
-    record_run(report, mode, report["status"], time.monotonic() - started)
+    if metrics is not None:
+        metrics.record_run(report, mode, report["status"], time.monotonic() - started)
     return report

@@ -53,6 +53,7 @@ stop is abandoned: its lease expires and the next run resumes its work).
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -359,8 +360,8 @@ class Replica:
         stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.run_fn = run_fn or _default_run_fn()
         self.metrics = metrics or METRICS
+        self.run_fn = run_fn or _default_run_fn(self.metrics)
         self.stop = stop or threading.Event()
         # Unique per Replica even if two processes are given one replica id: the
         # index renews a lease for a holder of the same name instead of refusing it.
@@ -635,10 +636,10 @@ class Replica:
             self.metrics.set_lease_held(False)
 
 
-def _default_run_fn() -> RunFn:
+def _default_run_fn(metrics: Metrics) -> RunFn:
     from layergc.gc.run import run_sweep
 
-    return run_sweep
+    return functools.partial(run_sweep, metrics=metrics)
 
 
 # --- the entry point ------------------------------------------------------------------
