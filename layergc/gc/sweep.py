@@ -592,24 +592,27 @@ class Sweeper:
         try:
             self._each(doomed, units)
             # (1) quarantine
-            if self._bulk():
-                self._hold_bulk(quarantine, doomed)
-            else:
-                self._each(doomed, hold)
+            with self._timed(report, "delete.quarantine"):
+                if self._bulk():
+                    self._hold_bulk(quarantine, doomed)
+                else:
+                    self._each(doomed, hold)
             crash_point("quarantined")
             blob_digests = [str(d.digest) for d in doomed if d.kind == "blob"]
-            hook_ran = self._forget(blob_digests, report)
-            # (2) settle
-            if not hook_ran:
-                self._settle(blob_digests)
+            with self._timed(report, "delete.settle"):
+                hook_ran = self._forget(blob_digests, report)
+                # (2) settle
+                if not hook_ran:
+                    self._settle(blob_digests)
             crash_point("settle")
             # (3) re-check
             self._check_stop()
-            remark = scan.mark(
-                snapshot.take(QuarantineOverlay(self.driver, quarantine), self.driver),
-                delete_untagged=self.options.delete_untagged,
-                reference_cache=self._reference_cache(),
-            )
+            with self._timed(report, "delete.recheck"):
+                remark = scan.mark(
+                    snapshot.take(QuarantineOverlay(self.driver, quarantine), self.driver),
+                    delete_untagged=self.options.delete_untagged,
+                    reference_cache=self._reference_cache(),
+                )
             if remark.blob_deletion_blocked:
                 for err in remark.errors:
                     if err.blocking:
@@ -625,7 +628,8 @@ class Sweeper:
                 return
             raise
         # (4) delete the rest
-        self._finish(report, quarantine, doomed, needed, kept_manifests, remark)
+        with self._timed(report, "delete.finish"):
+            self._finish(report, quarantine, doomed, needed, kept_manifests, remark)
 
     def _bulk(self) -> bool:
         """Whether objects move and go in bulk: S3, where the snapshot knows
