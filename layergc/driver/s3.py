@@ -84,6 +84,9 @@ DEFAULT_MULTIPART_COPY_THRESHOLD = 32 << 20
 LIST_MAX = 1000  # S3's cap on keys per listing page
 DELETE_MAX = 1000  # S3's cap on keys per DeleteObjects
 DEFAULT_MAX_POOL = 32
+# Pages a list_tree has in flight: each holds a parsed page (~1 MiB in botocore)
+# until it is consumed, and a few round trips of 8 pages list 100,000 keys.
+DEFAULT_LIST_PARALLEL = 8
 
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 _READ_RETRIES = 3
@@ -213,6 +216,7 @@ class S3Driver(StorageDriver):
         min_part_size: int = MIN_PART_SIZE,
         list_max: int = LIST_MAX,
         delete_max: int = DELETE_MAX,
+        list_parallel: int = DEFAULT_LIST_PARALLEL,
         retry_mode: str = "standard",
         max_attempts: int = 8,
         connect_timeout: float = 10.0,
@@ -236,8 +240,8 @@ class S3Driver(StorageDriver):
             )
         if not 1 <= list_max <= LIST_MAX or not 1 <= delete_max <= DELETE_MAX:
             raise ConfigError("s3: list_max and delete_max must be between 1 and 1000")
-        if max_pool < 1:
-            raise ConfigError("s3: max_pool must be at least 1")
+        if max_pool < 1 or list_parallel < 1:
+            raise ConfigError("s3: max_pool and list_parallel must be at least 1")
         if retry_mode not in ("standard", "adaptive", "legacy"):
             raise ConfigError(f"s3: unknown retry mode {retry_mode!r}")
 
@@ -247,6 +251,7 @@ class S3Driver(StorageDriver):
         self.chunksize = chunksize
         self.min_part_size = min_part_size
         self.max_pool = max_pool
+        self.list_parallel = min(list_parallel, max_pool)
         self.list_max = list_max
         self.delete_max = delete_max
         self.multipart_copy_chunk_size = multipartcopychunksize
@@ -750,7 +755,7 @@ class S3Driver(StorageDriver):
         particular order; nothing when there is none.
 
         Ranges of keys are listed in parallel on the driver's pool, at most
-        `max_pool` at once (see the module docstring). An object written or
+        `list_parallel` at once (see the module docstring). An object written or
         deleted during the listing may or may not be reported."""
         validate_path(path, allow_root=True)
         prefix = self._folder_prefix(path)
@@ -762,7 +767,7 @@ class S3Driver(StorageDriver):
         running: set[Future[tuple[list[dict[str, Any]], list[_KeyRange]]]] = set()
         try:
             while queue or running:
-                while queue and len(running) < self.max_pool:
+                while queue and len(running) < self.list_parallel:
                     key_range = queue.popleft()
                     running.add(pool.submit(self._list_range, path, prefix, key_range, children))
                 done, running = wait(running, return_when=FIRST_COMPLETED)
