@@ -396,7 +396,9 @@ def split(sample: Sample) -> str:
     parts = [f"listing {listing:.1f}s", f"manifests {s.get('mark.manifests', 0):.1f}s"]
     parts.append(f"uploads+decide {s.get('uploads', 0) + s.get('decide', 0):.1f}s")
     if "delete" in s:
-        parts.append(f"delete {s['delete']:.1f}s")
+        steps = ("quarantine", "settle", "recheck", "finish")
+        inner = ", ".join(f"{step} {s.get(f'delete.{step}', 0):.1f}s" for step in steps)
+        parts.append(f"delete {s['delete']:.1f}s ({inner})")
     return ", ".join(parts)
 
 
