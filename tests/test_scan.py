@@ -503,7 +503,7 @@ def test_reference_cache_spares_parsing(driver: StorageDriver) -> None:
 
 def test_failing_reference_cache_costs_time_not_safety(driver: StorageDriver) -> None:
     class Broken:
-        def get_many(self, digests: object) -> dict[Digest, mt.ManifestRefs]:
+        def get_many(self, digests: object, intern: object = None) -> dict[Digest, mt.ManifestRefs]:
             raise RuntimeError("database is down")
 
         def put_many(self, refs: object) -> None:

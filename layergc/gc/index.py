@@ -966,13 +966,16 @@ class IndexReferenceCache:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def get_many(self, digests: Iterable[Any]) -> dict[Any, Any]:
+    def get_many(
+        self, digests: Iterable[Any], intern: dict[str, Digest] | None = None
+    ) -> dict[Any, Any]:
         wanted = {str(d): d for d in digests}
         # One Digest per digest across every entry (layers are shared by many manifests),
-        # and each row converted as it comes: a repeated mark loads every manifest's
-        # entry, and the intermediate dicts of get_references, or Digest.parse per
-        # reference, cost more time and memory than the rest of it.
-        by_hex: dict[str, Digest] = {}
+        # the mark's own where it has one, and each row converted as it comes: a
+        # repeated mark loads every manifest's entry, and the intermediate dicts of
+        # get_references, or Digest.parse per reference, cost more time and memory
+        # than the rest of it.
+        by_hex: dict[str, Digest] = {} if intern is None else intern
         return {
             wanted[row[0]]: _cached_refs(row, by_hex) for row in self.index.reference_rows(wanted)
         }

@@ -52,6 +52,7 @@ reference cache); Digest objects are made at the edges, and the big results
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import hashlib
@@ -140,7 +141,12 @@ class ManifestEntry(NamedTuple):
 class ReferenceCache(Protocol):
     """Remembers what a manifest digest references (immutable, so never stale)."""
 
-    def get_many(self, digests: Iterable[Digest]) -> dict[Digest, ManifestRefs]: ...
+    def get_many(
+        self, digests: Iterable[Digest], intern: dict[str, Digest] | None = None
+    ) -> dict[Digest, ManifestRefs]:
+        """Entries known for `digests`; the Digests in them taken from `intern`
+        (hex -> Digest) where it has them, and entered there otherwise."""
+        ...
 
     def put_many(self, refs: Mapping[Digest, ManifestRefs]) -> None: ...
 
@@ -151,7 +157,9 @@ class DictReferenceCache:
     def __init__(self) -> None:
         self.entries: dict[Digest, ManifestRefs] = {}
 
-    def get_many(self, digests: Iterable[Digest]) -> dict[Digest, ManifestRefs]:
+    def get_many(
+        self, digests: Iterable[Digest], intern: dict[str, Digest] | None = None
+    ) -> dict[Digest, ManifestRefs]:
         entries = self.entries
         return {d: entries[d] for d in digests if d in entries}
 
@@ -163,13 +171,23 @@ class DictReferenceCache:
 
 
 class _Interner(dict[str, Digest]):
-    """hex -> the one Digest object made for it."""
+    """hex -> the one Digest object made for it.
+
+    The blob listing fills it first, so its strings are the ones every holder
+    shares (links, manifests' references, cached entries): one string, one
+    Digest and one hash-table entry per blob, where sys.intern and a set of the
+    listing each cost another table (8 MiB at 100,000 blobs)."""
 
     def digest(self, hex_: str) -> Digest:
         d = self.get(hex_)
         if d is None:
             d = self[hex_] = make_digest(_ALGORITHM_OF_LENGTH[len(hex_)], hex_)
         return d
+
+    def canon(self, hex_: str) -> str:
+        """The shared string equal to `hex_` (the listing's, if it is a blob there)."""
+        d = self.get(hex_)
+        return d.hex if d is not None else sys.intern(hex_)
 
 
 def _hex_of(item: object) -> str | None:
@@ -441,8 +459,7 @@ class _Marker:
         self.stats = MarkStats()
         self.interner = _Interner()
         self.digest = self.interner.digest
-        self.blob_hexes: list[str] = []
-        self.listed: set[str] | None = None
+        self.blob_hexes: list[str] = []  # sorted, once listed
         self.loaded: dict[str, _Loaded] = {}
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
 
@@ -522,7 +539,6 @@ class _Marker:
         # Blobs first: a blob written after its listing is simply not a
         # candidate, and the listing doubles as the manifests' existence check.
         self.blob_hexes = self.list_blobs()
-        self.blob_set()  # before any thread needs it
         t = self.timed("blobs", t)
         repos = self.find_repositories()
         t = self.timed("repositories", t)
@@ -540,9 +556,10 @@ class _Marker:
         return self.result(started_at, repos, entries, to_delete, marked, unreferenced)
 
     def list_blobs(self) -> list[str]:
-        """Every blob folder `blobs/<alg>/<xx>/<hex>`, by name alone."""
+        """Every blob folder `blobs/<alg>/<xx>/<hex>`, by name alone, sorted; each
+        entered in the interner (before any thread needs it)."""
         hexes: list[str] = []
-        intern = sys.intern  # one string per hex, shared with links and manifests
+        interner = self.interner
         for algorithm in sorted(self.list_dirs(paths.BLOBS, None, blocking=False) or []):
             base = paths.blob_algorithm_dir(algorithm)
             length = ALGORITHMS.get(algorithm)
@@ -558,10 +575,13 @@ class _Marker:
                 names = self.list_dirs(folder, None, blocking=False) or []
                 if not _all_hex(names, length, prefix):
                     names = self.valid_names(names, length, folder, None, "blob", prefix)
-                hexes.extend(map(intern, names))
+                for name in names:
+                    interner[name] = make_digest(algorithm, name)
+                hexes.extend(names)
                 if i % 32 == 31:
                     self.report("blobs", len(hexes), None)
         self.report("blobs", len(hexes), len(hexes))
+        hexes.sort()  # for is_listed
         return hexes
 
     def valid_names(
@@ -656,7 +676,7 @@ class _Marker:
                 if not is_lower_hex(hex_, length):
                     self.invalid(f"{folder}/{hex_}", name, f"revision folder {hex_!r}", True)
                     continue
-                self.read_revision(repo, sys.intern(hex_))
+                self.read_revision(repo, self.interner.canon(hex_))
 
     def read_revision(self, repo: _Repository, hex_: str) -> None:
         path = paths.manifest_revision_link(repo.name, self.digest(hex_))
@@ -688,7 +708,7 @@ class _Marker:
             if target is None:
                 repo.uncertain = True  # which manifest it tags is unknown
             else:
-                repo.tagged.add(sys.intern(target))  # type: ignore[arg-type]
+                repo.tagged.add(self.interner.canon(target))  # type: ignore[arg-type]
 
     def read_link(self, path: str, repo: _Repository) -> str | _Gone | None:
         """The hex of the digest a link holds; _GONE if there is no link; None
@@ -737,7 +757,7 @@ class _Marker:
             names = self.repo_dirs(folder, repo)
             if not _all_hex(names, length):
                 names = self.valid_names(names, length, folder, name, "layer link")
-            repo.layers.extend(map(sys.intern, names))
+            repo.layers.extend(map(self.interner.canon, names))
 
     # --- manifests -------------------------------------------------------------
 
@@ -757,11 +777,10 @@ class _Marker:
             return
         cached = self.cache_get([self.digest(h) for h in todo])
         if cached:
-            listed = self.blob_set()
             for d, refs in cached.items():
                 # The listing stands for an existence check; a blob not listed
                 # (written since, or read through an overlay) is checked directly.
-                if d.hex in listed or self.blob_exists(d):
+                if self.is_listed(d.hex) or self.blob_exists(d):
                     loaded[d.hex] = refs
             self.stats.manifests_cached += len(cached)
             todo = [h for h in todo if h not in loaded]
@@ -795,7 +814,7 @@ class _Marker:
         try:
             if _HASHES[d.algorithm](content).hexdigest() != hex_:
                 raise InvalidManifest("its content does not match its digest (corrupt blob)")
-            return manifests.references(content, intern=self.interner, known_hex=self.blob_set())
+            return manifests.references(content, intern=self.interner)
         except InvalidManifest as exc:
             self.error(
                 UNPARSEABLE_MANIFEST,
@@ -831,10 +850,10 @@ class _Marker:
             outcome = self.loaded[hex_]
         return outcome if isinstance(outcome, ManifestRefs) else None
 
-    def blob_set(self) -> set[str]:
-        if self.listed is None:
-            self.listed = set(self.blob_hexes)
-        return self.listed
+    def is_listed(self, hex_: str) -> bool:
+        hexes = self.blob_hexes
+        i = bisect.bisect_left(hexes, hex_)
+        return i < len(hexes) and hexes[i] == hex_
 
     def blob_exists(self, d: Digest) -> bool:
         try:
@@ -847,7 +866,7 @@ class _Marker:
         if self.cache is None:
             return {}
         try:
-            return self.cache.get_many(digests)
+            return self.cache.get_many(digests, intern=self.interner)
         except Exception as exc:  # a cache failure costs time, not safety
             self.error(REFERENCE_CACHE, "", None, f"reference cache: {exc}", blocking=False)
             return {}
