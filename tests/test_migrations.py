@@ -49,6 +49,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     engine = create_engine_for(db_url)
@@ -184,6 +189,52 @@ def test_models_match_migrations_and_foreign_tables_survive(engine: Engine, db_u
         assert compare_metadata(context, Base.metadata) == []
     upgrade(db_url)
     assert "apscheduler_jobs" in tables(engine)
+
+
+def _schema(url: str) -> dict[str, object]:
+    """Everything reflection tells of layergc's tables, in comparable form."""
+    engine = create_engine_for(url)
+    try:
+        insp = inspect(engine)
+        schema: dict[str, object] = {}
+        for name in sorted(TABLES | {VERSION_TABLE}):
+            schema[name] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                    for c in insp.get_columns(name)
+                ],
+                "pk": insp.get_pk_constraint(name),
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in insp.get_indexes(name)
+                ),
+                "unique": sorted(
+                    (u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(name)
+                ),
+                "foreign_keys": sorted(
+                    (f["name"], tuple(f["constrained_columns"]), f["referred_table"])
+                    for f in insp.get_foreign_keys(name)
+                ),
+            }
+        with engine.connect() as conn:
+            schema["revisions"] = current_revisions(conn)
+        return schema
+    finally:
+        engine.dispose()
+
+
+def test_a_new_database_gets_the_migrated_schema(backend: str, tmp_path: Path) -> None:
+    """open_index builds a new database from the models and stamps it at head, without
+    running Alembic (tests/test_db_lazy.py): the schema must be exactly the migrated one."""
+    (tmp_path / "created").mkdir()
+    (tmp_path / "migrated").mkdir()
+    with (
+        database_url(backend, tmp_path / "created") as created,
+        database_url(backend, tmp_path / "migrated") as migrated,
+    ):
+        open_index(created).close()
+        assert upgrade(migrated) == head_revisions()
+        assert _schema(created) == _schema(migrated)
 
 
 def test_include_object_ignores_unmodelled_tables() -> None:
