@@ -289,6 +289,38 @@ def test_tag_whose_target_lost_its_revision_still_keeps_it(driver: StorageDriver
     assert kinds(result) == [scan.TAG_WITHOUT_REVISION]
 
 
+def test_a_link_read_empty_is_read_again(driver: StorageDriver) -> None:
+    """The Go filesystem driver rewrites a tag link in place (truncate, write): a
+    reader can see it empty for an instant. One more read gets what it holds."""
+    t = Tree(driver)
+    d, refs = t.image("moving/app", "v1")
+    tag_link = paths.tag_current_link("moving/app", "v1")
+    reads: list[str] = []
+    real_get = driver.get_content
+
+    def get_content(path: str) -> bytes:
+        reads.append(path)
+        if path == tag_link and reads.count(path) == 1:
+            return b""  # caught mid-rewrite
+        return real_get(path)
+
+    driver.get_content = get_content  # type: ignore[method-assign]
+    result = scan.mark(driver, delete_untagged=True)
+    assert reads.count(tag_link) == 2
+    assert kinds(result) == []
+    assert {d, *refs} <= result.marked
+    assert result.untagged_to_delete == []
+
+
+def test_a_link_that_stays_empty_is_corrupt(driver: StorageDriver) -> None:
+    t = Tree(driver)
+    t.image("broken/app", "v1")
+    driver.put_content(paths.tag_current_link("broken/app", "v1"), b"")
+    result = scan.mark(driver, delete_untagged=True)
+    assert kinds(result) == [scan.CORRUPT_LINK]
+    assert result.untagged_to_delete == []  # what the tag holds is unknown: all kept
+
+
 def test_children_in_other_repositories_count_by_digest(driver: StorageDriver) -> None:
     t = Tree(driver)
     child, child_refs = t.image("other/app")

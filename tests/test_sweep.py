@@ -148,6 +148,20 @@ def test_sweep_deletes_blob_folder_and_every_layer_link(store: Store, index: Any
     assert not any(i for i in store.driver.walk("/") if "quarantine/" in i.path)
 
 
+def test_tag_left_by_a_manifest_delete_is_a_warning_not_an_error(store: Store, index: Any) -> None:
+    """A manifest DELETE removes the revision link before the tags: a sweep in between
+    sees a tag without revision. It keeps the manifest and still succeeds."""
+    layers = [store.layer("team/app")]
+    d = store.manifest("team/app", layers, tag="v1")
+    store.driver.delete(paths.manifest_revision_link("team/app", d))
+
+    report = sweep(store, index, SweepOptions(dry_run=True, grace=timedelta(0)))
+
+    assert report.status == "succeeded" and report.errors == []
+    assert [w for w in report.warnings if w.startswith("tag-without-revision: ")]
+    assert actions(report.blobs) == {}  # the manifest and its layer are kept
+
+
 def test_grace_defers_until_seen_long_enough(store: Store, index: Any) -> None:
     store.manifest("a", [store.layer("a")], tag="v1")
     orphan = store.layer("a")

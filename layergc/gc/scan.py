@@ -129,6 +129,9 @@ class ScanError:
     repository: str | None
     message: str
     blocking: bool = False  # True when it stopped blob deletion for the run
+    # True for what a registry in service produces by itself and layergc handled
+    # safely (a report warning: the run still succeeds).
+    warning: bool = False
 
 
 class ManifestEntry(NamedTuple):
@@ -399,6 +402,8 @@ def _gc_paused() -> Iterator[None]:
 _DEFAULT_WORKERS = {"inmemory": 1, "filesystem": 1}
 # Where get_content of a file of any size is cheap enough (see read_bounded).
 _LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
+# How long a link read empty waits before it is read again (read_link).
+_EMPTY_LINK_RETRY_SECONDS = 0.01
 # Manifests read per batch: bounds memory (content is dropped once parsed).
 _BATCH = 512
 
@@ -466,9 +471,16 @@ class _Marker:
     # --- errors & plumbing -------------------------------------------------------
 
     def error(
-        self, kind: str, path: str, repository: str | None, message: str, *, blocking: bool
+        self,
+        kind: str,
+        path: str,
+        repository: str | None,
+        message: str,
+        *,
+        blocking: bool,
+        warning: bool = False,
     ) -> None:
-        self.errors.append(ScanError(kind, path, repository, message, blocking))
+        self.errors.append(ScanError(kind, path, repository, message, blocking, warning))
         if blocking:
             self.blocked = True
         log.warning(
@@ -715,6 +727,11 @@ class _Marker:
         if it is corrupt or unreadable (reported)."""
         try:
             content = self.driver.get_content(path)
+            if not content:
+                # The Go filesystem driver rewrites a link in place (truncate, then
+                # write): a tag being moved reads empty for an instant. Once more.
+                time.sleep(_EMPTY_LINK_RETRY_SECONDS)
+                content = self.driver.get_content(path)
         except PathNotFound:
             return _GONE
         except Exception as exc:
@@ -920,6 +937,9 @@ class _Marker:
                     repo.name,
                     f"a tag points at {self.digest(h)}, which has no revision link: kept",
                     blocking=False,
+                    # What a manifest DELETE leaves for an instant (the registry
+                    # removes the revision link before the tags): not a failure.
+                    warning=True,
                 )
                 extra.append(h)
             elif h not in repo.revisions:

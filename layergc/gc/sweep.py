@@ -329,7 +329,10 @@ class Sweeper:
         report.manifests_marked = sum(1 for m in mark.manifests if m.kept)
         report.blobs_marked = len(mark.marked)
         for err in mark.errors:
-            report.error(err.kind, err.message, err.path, repository=err.repository)
+            if err.warning:
+                report.warnings.append(f"{err.kind}: {err.message} ({err.path})")
+            else:
+                report.error(err.kind, err.message, err.path, repository=err.repository)
         self._check_stop()
 
         now = _now()
