@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import logging
 import struct
@@ -30,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import isqrt
-from typing import Any
+from typing import Any, NamedTuple
 
 from layergc.errors import LayergcError
 
@@ -198,40 +199,46 @@ _IV = {
 }
 
 
-def _compress256(h: list[int], block: bytes) -> None:
+class _Sha2Word(NamedTuple):
+    """What FIPS 180-4's SHA-256 and SHA-512 families differ in: word size, round
+    constants, rounds, and the rotations and shifts of their four sigma functions."""
+
+    bits: int
+    k: list[int]
+    unpack: str
+    rounds: int
+    sigma0: tuple[int, int, int]  # message schedule: rotr, rotr, shr
+    sigma1: tuple[int, int, int]
+    big_sigma0: tuple[int, int, int]  # compression: rotr, rotr, rotr
+    big_sigma1: tuple[int, int, int]
+
+
+_SHA256_WORD = _Sha2Word(32, _K256, ">16I", 64, (7, 18, 3), (17, 19, 10), (2, 13, 22), (6, 11, 25))
+_SHA512_WORD = _Sha2Word(64, _K512, ">16Q", 80, (1, 8, 7), (19, 61, 6), (28, 34, 39), (14, 18, 41))
+
+
+def _compress(spec: _Sha2Word, h: list[int], block: bytes) -> None:
+    """One block of SHA-2 compression into the state `h` (either family)."""
+    bits, mask = spec.bits, (1 << spec.bits) - 1
+
     def rotr(x: int, n: int) -> int:
-        return ((x >> n) | (x << (32 - n))) & _M32
+        return ((x >> n) | (x << (bits - n))) & mask
 
-    w = list(struct.unpack(">16I", block))
-    for i in range(16, 64):
-        s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
-        s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
-        w.append((w[i - 16] + s0 + w[i - 7] + s1) & _M32)
+    (a0, a1, a2), (b0, b1, b2) = spec.sigma0, spec.sigma1
+    (c0, c1, c2), (d0, d1, d2) = spec.big_sigma0, spec.big_sigma1
+    w = list(struct.unpack(spec.unpack, block))
+    for i in range(16, spec.rounds):
+        s0 = rotr(w[i - 15], a0) ^ rotr(w[i - 15], a1) ^ (w[i - 15] >> a2)
+        s1 = rotr(w[i - 2], b0) ^ rotr(w[i - 2], b1) ^ (w[i - 2] >> b2)
+        w.append((w[i - 16] + s0 + w[i - 7] + s1) & mask)
+    k = spec.k
     a, b, c, d, e, f, g, hh = h
-    for i in range(64):
-        t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + _K256[i] + w[i]
-        t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))
-        a, b, c, d, e, f, g, hh = (t1 + t2) & _M32, a, b, c, (d + t1) & _M32, e, f, g
+    for i in range(spec.rounds):
+        t1 = hh + (rotr(e, d0) ^ rotr(e, d1) ^ rotr(e, d2)) + ((e & f) ^ (~e & g)) + k[i] + w[i]
+        t2 = (rotr(a, c0) ^ rotr(a, c1) ^ rotr(a, c2)) + ((a & b) ^ (a & c) ^ (b & c))
+        a, b, c, d, e, f, g, hh = (t1 + t2) & mask, a, b, c, (d + t1) & mask, e, f, g
     for i, v in enumerate((a, b, c, d, e, f, g, hh)):
-        h[i] = (h[i] + v) & _M32
-
-
-def _compress512(h: list[int], block: bytes) -> None:
-    def rotr(x: int, n: int) -> int:
-        return ((x >> n) | (x << (64 - n))) & _M64
-
-    w = list(struct.unpack(">16Q", block))
-    for i in range(16, 80):
-        s0 = rotr(w[i - 15], 1) ^ rotr(w[i - 15], 8) ^ (w[i - 15] >> 7)
-        s1 = rotr(w[i - 2], 19) ^ rotr(w[i - 2], 61) ^ (w[i - 2] >> 6)
-        w.append((w[i - 16] + s0 + w[i - 7] + s1) & _M64)
-    a, b, c, d, e, f, g, hh = h
-    for i in range(80):
-        t1 = hh + (rotr(e, 14) ^ rotr(e, 18) ^ rotr(e, 41)) + ((e & f) ^ (~e & g)) + _K512[i] + w[i]
-        t2 = (rotr(a, 28) ^ rotr(a, 34) ^ rotr(a, 39)) + ((a & b) ^ (a & c) ^ (b & c))
-        a, b, c, d, e, f, g, hh = (t1 + t2) & _M64, a, b, c, (d + t1) & _M64, e, f, g
-    for i, v in enumerate((a, b, c, d, e, f, g, hh)):
-        h[i] = (h[i] + v) & _M64
+        h[i] = (h[i] + v) & mask
 
 
 class PythonHash(ResumableHash):
@@ -244,7 +251,8 @@ class PythonHash(ResumableHash):
         self._h = list(_IV[algorithm])
         self._pending = b""
         self._length = 0
-        self._compress = _compress256 if self._spec.word == 4 else _compress512
+        word = _SHA256_WORD if self._spec.word == 4 else _SHA512_WORD
+        self._compress = functools.partial(_compress, word)
 
     @property
     def length(self) -> int:
