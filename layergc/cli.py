@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import orjson
 
 from layergc.errors import ConfigError, LayergcError
 from layergc.signals import stop_on_signals
@@ -145,7 +146,7 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
     finally:
         progress.close()
     if settings.json:
-        click.echo(json.dumps(report, indent=None, sort_keys=False))
+        click.echo(orjson.dumps(report).decode())
     else:
         click.echo(render(report))
     sys.exit(EXIT_OK if report["status"] == "succeeded" and not report["errors"] else EXIT_ERRORS)

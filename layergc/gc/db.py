@@ -55,7 +55,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from layergc.errors import ConfigError, LayergcError
-from layergc.gc.index import Base, Index
+from layergc.gc.index import Base, Index, json_text
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -103,6 +103,9 @@ def create_engine_for(url: str | URL | None = None, **kwargs: Any) -> Engine:
     keys on, thread-shareable; PostgreSQL with a pre-pinged pool (replicas outlive restarts
     of the server)."""
     target = normalize_url(url)
+    # A run's report (hundreds of KiB at 100,000 blobs) is stored as JSON: orjson
+    # writes it ten times faster than the json module.
+    kwargs.setdefault("json_serializer", json_text)
     if target.get_backend_name() == "sqlite":
         return _sqlite_engine(target, **kwargs)
     kwargs.setdefault("pool_pre_ping", True)

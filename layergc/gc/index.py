@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any, Final, TypeVar
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -138,6 +139,12 @@ class JSONType(TypeDecorator[Any]):
 
             return dialect.type_descriptor(JSONB(none_as_null=True))
         return dialect.type_descriptor(JSON(none_as_null=True))
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text (orjson: ten times faster than json), for bulk parameters and
+    the engine's JSON columns."""
+    return orjson.dumps(value).decode()
 
 
 def _postgresql() -> Any:
@@ -391,7 +398,7 @@ class Index:
             return column == any_(
                 bindparam("members", list(values), type_=_postgresql().ARRAY(Text))
             )
-        members = func.json_each(bindparam("members", json.dumps(list(values)), type_=Text))
+        members = func.json_each(bindparam("members", json_text(list(values)), type_=Text))
         return column.in_(select(members.table_valued("value").c.value))
 
     def _bulk_rows(self, columns: Mapping[str, Any]) -> Select[Any]:
@@ -428,7 +435,7 @@ class Index:
         """The parameters that give a `_bulk_rows(columns)` statement these rows."""
         if self._dialect == "postgresql":
             return {f"bulk_{name}": [row[i] for row in rows] for i, name in enumerate(columns)}
-        return {"bulk_rows": json.dumps(rows, separators=(",", ":"))}
+        return {"bulk_rows": json_text(rows)}
 
     def _clock(self) -> ColumnElement[datetime]:
         """Now, by the database server's clock where there is one (replicas on several
