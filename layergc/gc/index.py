@@ -390,16 +390,22 @@ class Index:
         # Objects outlive the session that loaded them: callers get plain, detached values.
         return Session(self.engine, expire_on_commit=False)
 
-    def _member_of(self, column: Any, values: Sequence[str]) -> ColumnElement[bool]:
-        """`column IN values` with a single bound parameter, whatever the list's length:
-        a text[] on PostgreSQL, a JSON array read by json_each on SQLite. This keeps one
-        statement in the compiled cache and under every bind-parameter limit."""
+    def _member_of(self, column: Any) -> ColumnElement[bool]:
+        """`column IN members` with a single bound parameter, whatever the list's length
+        (given at execution by `_members`): a text[] on PostgreSQL, a JSON array read by
+        json_each on SQLite. This keeps one statement in the compiled cache and under
+        every bind-parameter limit, and no list inside statement objects (see
+        `_bulk_rows`)."""
         if self._dialect == "postgresql":
-            return column == any_(
-                bindparam("members", list(values), type_=_postgresql().ARRAY(Text))
-            )
-        members = func.json_each(bindparam("members", json_text(list(values)), type_=Text))
+            return column == any_(bindparam("members", type_=_postgresql().ARRAY(Text)))
+        members = func.json_each(bindparam("members", type_=Text))
         return column.in_(select(members.table_valued("value").c.value))
+
+    def _members(self, values: Sequence[str]) -> dict[str, Any]:
+        """The parameter that gives a `_member_of` condition its members."""
+        if self._dialect == "postgresql":
+            return {"members": list(values)}
+        return {"members": json_text(list(values))}
 
     def _bulk_rows(self, columns: Mapping[str, Any]) -> Select[Any]:
         """A SELECT over rows passed, by `_bulk_params`, as one bound parameter per
@@ -667,24 +673,23 @@ class Index:
                     rows = [{"b_key": k, "b_path": p} for k, p in chunk]
                     changed += conn.execute(stmt, rows).rowcount
                 return changed
+            stmt = (
+                update(Candidate)
+                .where(Candidate.kind == kind, self._member_of(Candidate.key))
+                .values(state=state, quarantine_path=quarantine_path)
+                .execution_options(synchronize_session=False)
+            )
             for chunk in _chunks(keys, LOOKUP_CHUNK):
-                changed += conn.execute(
-                    update(Candidate)
-                    .where(Candidate.kind == kind, self._member_of(Candidate.key, chunk))
-                    .values(state=state, quarantine_path=quarantine_path)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
+                changed += conn.execute(stmt, self._members(chunk)).rowcount
         return changed
 
     def candidates(self, kind: str, keys: Iterable[str]) -> dict[str, Candidate]:
         """The index's rows for these keys (missing keys are absent from the result)."""
         found: dict[str, Candidate] = {}
+        query = select(Candidate).where(Candidate.kind == kind, self._member_of(Candidate.key))
         with self._session() as session:
             for chunk in _chunks(keys, LOOKUP_CHUNK):
-                query = select(Candidate).where(
-                    Candidate.kind == kind, self._member_of(Candidate.key, chunk)
-                )
-                found.update((c.key, c) for c in session.scalars(query))
+                found.update((c.key, c) for c in session.scalars(query, self._members(chunk)))
         return found
 
     def quarantined(self, kind: str | None = None) -> list[Candidate]:
@@ -843,12 +848,12 @@ class Index:
         that converts each row at once never holds every entry twice."""
         m = ManifestReferences.__table__.c
         columns = (m.digest, m.media_type, m.kind, m.blobs, m.children, m.subject, m.extra)
+        query = select(*columns).where(self._member_of(m.digest))
         with self.engine.connect() as conn:
             for chunk in _chunks(digests, LOOKUP_CHUNK):
-                query = select(*columns).where(self._member_of(m.digest, chunk))
                 # Thousands of rows per fetch: far cheaper than row by row, and less
                 # memory than the whole chunk at once.
-                for rows in conn.execute(query).partitions(2000):
+                for rows in conn.execute(query, self._members(chunk)).partitions(2000):
                     yield from rows
 
     def put_references(
@@ -898,11 +903,10 @@ class Index:
         """Forget cached entries (for manifests whose blobs were deleted)."""
         m = ManifestReferences.__table__.c
         removed = 0
+        stmt = delete(ManifestReferences).where(self._member_of(m.digest))
         with self.engine.begin() as conn:
             for chunk in _chunks(digests, LOOKUP_CHUNK):
-                removed += conn.execute(
-                    delete(ManifestReferences).where(self._member_of(m.digest, chunk))
-                ).rowcount
+                removed += conn.execute(stmt, self._members(chunk)).rowcount
         return removed
 
     # --- leases ------------------------------------------------------------------------
@@ -1006,9 +1010,10 @@ def _cached_refs(row: Sequence[Any], by_hex: dict[str, Digest]) -> Any:
         child_digests = _digests(children, by_hex)
         subject_digest = _digests(subject, by_hex) if subject else ()
         if blob_digests is not None and child_digests is not None and subject_digest is not None:
+            # Interned: a few distinct values, held by every entry of a mark.
             return ManifestRefs(
-                media_type=str(media_type),
-                kind=kind,
+                media_type=sys.intern(str(media_type)),
+                kind=sys.intern(kind),
                 blobs=blob_digests,
                 children=child_digests,
                 subject=subject_digest[0] if subject_digest else None,

@@ -138,6 +138,7 @@ def references(
     elif type(media_type) is not str:
         raise InvalidManifest(f"mediaType is not a string: {_short(media_type)}")
     kind = _KINDS.get(media_type, "unknown")
+    media_type = sys.intern(media_type)  # a few distinct values, held by thousands
     if intern is None:
         intern = {}
     table = _Table(intern, known_hex)
