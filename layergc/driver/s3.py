@@ -87,6 +87,7 @@ DEFAULT_MAX_POOL = 32
 # Pages a list_tree has in flight: each holds a parsed page (~1 MiB in botocore)
 # until it is consumed, and a few round trips of 8 pages list 100,000 keys.
 DEFAULT_LIST_PARALLEL = 8
+_CONTINUE_PAGES = 2  # a range expected to hold at most this many pages more goes on
 
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 _READ_RETRIES = 3
@@ -125,6 +126,9 @@ class _KeyRange:
     stop: str | None
     max_keys: int
     more: bool = False  # the rest of a range that held more than its estimate
+    # Keys expected from `after` on, when the density of the listing so far says
+    # (a range cut from a page that went past at least one whole sub-folder).
+    estimate: float | None = None
 
 
 def _range_prefix(prefix: str, key_range: _KeyRange) -> str:
@@ -820,6 +824,13 @@ class S3Driver(StorageDriver):
         some between the last key and the range's end; the density is what the
         page held per sub-folder it went past."""
         last = keys[-1]
+        if key_range.estimate is not None:
+            left = key_range.estimate - len(keys)
+            if 0 < left <= _CONTINUE_PAGES * self.list_max:
+                # A page or two more as expected: go on rather than list the
+                # sub-folders to cut it (a request, and ranges of part pages).
+                size = min(self.list_max, math.ceil(left * 1.15) + 16)
+                return [_KeyRange(last, key_range.stop, size, estimate=left)]
         folder = prefix
         while True:
             kids = self._children(path, folder, children)
@@ -857,6 +868,7 @@ class S3Driver(StorageDriver):
                     last if first == 0 else points[first - 1],
                     key_range.stop if end == gaps else points[end - 1],
                     min(self.list_max, math.ceil(estimate * 1.15) + 16),
+                    estimate=estimate if begun > 0 else None,
                 )
             )
         return ranges
