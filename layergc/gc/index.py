@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 CHUNK: Final = 1000
 #: Keys per membership query: one bound array (PostgreSQL) or JSON text (SQLite) each.
 LOOKUP_CHUNK: Final = 10_000
+REFERENCE_LOOKUP_CHUNK: Final = 5_000  # keys per query of the reference cache
 
 RUN_MODES: Final = ("sweep", "purge-uploads")
 RUN_STATUSES: Final = ("running", "succeeded", "failed", "interrupted")
@@ -850,10 +851,11 @@ class Index:
         columns = (m.digest, m.media_type, m.kind, m.blobs, m.children, m.subject, m.extra)
         query = select(*columns).where(self._member_of(m.digest))
         with self.engine.connect() as conn:
-            for chunk in _chunks(digests, LOOKUP_CHUNK):
-                # Thousands of rows per fetch: far cheaper than row by row, and less
-                # memory than the whole chunk at once.
-                for rows in conn.execute(query, self._members(chunk)).partitions(2000):
+            # Thousands of keys per query and a few hundred rows per fetch: far cheaper
+            # than row by row, and a repeated mark (which reads every manifest's entry)
+            # holds little of them at a time.
+            for chunk in _chunks(digests, REFERENCE_LOOKUP_CHUNK):
+                for rows in conn.execute(query, self._members(chunk)).partitions(500):
                     yield from rows
 
     def put_references(
@@ -980,16 +982,21 @@ class IndexReferenceCache:
     def get_many(
         self, digests: Iterable[Any], intern: dict[str, Digest] | None = None
     ) -> dict[Any, Any]:
-        wanted = {str(d): d for d in digests}
         # One Digest per digest across every entry (layers are shared by many manifests),
         # the mark's own where it has one, and each row converted as it comes: a
         # repeated mark loads every manifest's entry, and the intermediate dicts of
-        # get_references, or Digest.parse per reference, cost more time and memory
-        # than the rest of it.
+        # get_references, Digest.parse per reference, or a map of every wanted digest's
+        # string, cost more time and memory than the rest of it.
+        wanted = list(digests)
         by_hex: dict[str, Digest] = {} if intern is None else intern
-        return {
-            wanted[row[0]]: _cached_refs(row, by_hex) for row in self.index.reference_rows(wanted)
-        }
+        for d in wanted:
+            by_hex.setdefault(d.hex, d)
+        found: dict[Any, Any] = {}
+        for row in self.index.reference_rows(map(str, wanted)):
+            # Selected by equality with str(d): its hex finds d (hex lengths differ
+            # between algorithms).
+            found[by_hex[row[0].partition(":")[2]]] = _cached_refs(row, by_hex)
+        return found
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:
         # Entries made as they are written: a first mark's whole set in to_dict form at
@@ -1035,11 +1042,11 @@ def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
     found = []
     for token in text.split(" "):
         algorithm, _, hex_ = token.partition(":")
-        # The blob listing's own string (the mark interns it), not a copy per manifest;
-        # and the hex alone names the digest: each algorithm has its own length.
-        hex_ = sys.intern(hex_)
+        # The hex alone names the digest (each algorithm has its own length); the
+        # Digest found holds the blob listing's own string, not a copy per manifest.
         d = by_hex.get(hex_)
         if d is None:
+            hex_ = sys.intern(hex_)
             d = by_hex[hex_] = make_digest(_ALGORITHM_NAMES[algorithm], hex_)
         found.append(d)
     return tuple(found)
