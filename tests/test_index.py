@@ -17,7 +17,13 @@ from sqlalchemy.exc import IntegrityError
 
 from layergc.digest import Digest
 from layergc.gc.db import open_index
-from layergc.gc.index import CHUNK, REFERENCE_LOOKUP_CHUNK, Index, Lease
+from layergc.gc.index import (
+    CHUNK,
+    REFERENCE_LOOKUP_CHUNK,
+    REFERENCE_WRITE_CHUNK,
+    Index,
+    Lease,
+)
 from tests.support.database import BACKENDS, database_url, lease_worker
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -455,7 +461,7 @@ def test_reference_cache_20000_entries_in_few_queries(index: Index) -> None:
     )
     assert got == entries
     assert gets <= 20_000 // REFERENCE_LOOKUP_CHUNK  # thousands of keys per query
-    assert puts <= 20_000 // CHUNK
+    assert puts <= 20_000 // REFERENCE_WRITE_CHUNK
     assert put_s < 15 and get_s < 15  # a few tenths of a second on a quiet machine
 
 
