@@ -11,6 +11,7 @@ InvalidPath for a malformed one and PathNotFound for a missing one.
 
 from __future__ import annotations
 
+import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -37,6 +38,23 @@ def validate_path(path: str, *, allow_root: bool = False) -> str:
     if "/." in path and any(c in (".", "..") for c in path.split("/")):
         raise InvalidPath(path, "path has a relative component")
     return path
+
+
+def seek_target(position: int, size: int, offset: int, whence: int) -> int:
+    """Where `seek(offset, whence)` goes in a stream at `position` of `size` bytes, as
+    io's seek reads its arguments; ValueError for an unknown whence or a position
+    before the start."""
+    if whence == io.SEEK_SET:
+        target = offset
+    elif whence == io.SEEK_CUR:
+        target = position + offset
+    elif whence == io.SEEK_END:
+        target = size + offset
+    else:
+        raise ValueError(f"invalid whence {whence}")
+    if target < 0:
+        raise ValueError(f"negative seek position {target}")
+    return target
 
 
 def join(*parts: str) -> str:

@@ -64,7 +64,7 @@ import botocore.exceptions
 import botocore.utils
 import urllib3.exceptions
 
-from layergc.driver.base import FileInfo, FileWriter, StorageDriver, validate_path
+from layergc.driver.base import FileInfo, FileWriter, StorageDriver, seek_target, validate_path
 from layergc.errors import (
     ConfigError,
     InvalidOffset,
@@ -1291,16 +1291,7 @@ class _S3Reader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if target < 0:
-            raise OSError(f"negative seek position {target}")
+        target = seek_target(self._pos, self._size, offset, whence)
         if target != self._pos:
             self._drop_body()
             self._pos = target

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, BinaryIO
 
 from layergc.digest import CANONICAL, Digest
-from layergc.driver.base import StorageDriver
+from layergc.driver.base import StorageDriver, seek_target
 from layergc.errors import InvalidLink, PathNotFound, UnknownLayer
 from layergc.storage import paths
 from layergc.storage.cache import LayerInfo
@@ -149,16 +149,7 @@ class Layer(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self._check_open()
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self.length + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if target < 0:
-            raise ValueError(f"negative seek position {target}")
+        target = seek_target(self._pos, self.length, offset, whence)
         if target != self._pos:
             self._drop_reader()  # reopened at the new offset by the next read
             self._pos = target
