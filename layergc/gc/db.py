@@ -30,6 +30,7 @@ this schema is the one the migrations build.
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -115,6 +116,24 @@ def create_engine_for(url: str | URL | None = None, **kwargs: Any) -> Engine:
     return create_engine(target, **kwargs)
 
 
+def _set_wal(cursor: Any) -> None:
+    """Put the database in WAL mode. Switching a new database takes a lock that SQLite
+    does not wait for (the busy timeout does not apply): processes that open a new index
+    at the same moment get "database is locked" at once, so they retry until it is done
+    or the busy timeout has passed."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
     connect_args.update(kwargs.pop("connect_args", {}))
@@ -136,7 +155,7 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         try:
             if not memory:
                 # Readers never block the writer, and a commit costs no fsync of the db file.
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _set_wal(cursor)
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
