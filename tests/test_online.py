@@ -109,6 +109,7 @@ from tests.support.pushers import (
     run_workers,
 )
 from tests.support.restart_registry import RestartServer
+from tests.support.serve import spawn_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.interop]
 
@@ -457,23 +458,8 @@ def layergc_serve(env: Env) -> Iterator[Daemon]:
     """`layergc serve` as a subprocess; the caller stops it (`stop_serve`)."""
     port = free_port()
     log = env.tmp / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "layergc.cli",
-        "serve",
-        *env.args(),
-        "--interval",
-        f"{INTERVAL}s",
-        "--metrics-addr",
-        f"127.0.0.1:{port}",
-        "--log-format",
-        "json",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=env.tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env.environ()
-        )
+    args = [*env.args(), "--interval", f"{INTERVAL}s"]
+    proc = spawn_serve(args, port=port, log=log, cwd=env.tmp, env=env.environ(), append=False)
     daemon = Daemon(proc, port, log)
     try:
         deadline = time.monotonic() + 30

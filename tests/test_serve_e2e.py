@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +51,7 @@ from tests.support.damage import Snapshot, disk_snapshot
 from tests.support.database import postgres_schema
 from tests.support.goregistry import GoRegistry
 from tests.support.scenario import Scenario, failed_pulls
+from tests.support.serve import spawn_serve
 from tests.test_online import Daemon, counter
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -122,29 +122,8 @@ def start_serve(
     trace_path = workdir / f"{name}.trace" if trace else None
     if trace_path is not None:
         env[CRASH_TRACE] = str(trace_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "layergc.cli",
-        "serve",
-        "--root",
-        str(root),
-        "--db",
-        db,
-        "--grace",
-        "0s",
-        "--replica-id",
-        name,
-        "--metrics-addr",
-        f"127.0.0.1:{port}",
-        "--log-format",
-        "json",
-        *options,
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
-        )
+    args = ["--root", str(root), "--db", db, "--grace", "0s", "--replica-id", name, *options]
+    proc = spawn_serve(args, port=port, log=log, cwd=workdir, env=env, append=True)
     return Serve(proc, port, log, name=name, trace=trace_path)
 
 

@@ -129,14 +129,20 @@ _OPENAT2_ARCHES = {"x86_64", "aarch64", "arm64", "i386", "i686", "riscv64", "ppc
 _SYS_OPENAT2 = 437
 
 
+def _libc_function(name: str) -> Any:
+    """The C library's function `name` (errno kept for ctypes.get_errno), or None."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def _make_openat2() -> Opener | None:
     """An opener on openat2(2), or None when this system lacks it."""
     if sys.platform != "linux" or platform.machine() not in _OPENAT2_ARCHES:
         return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syscall = libc.syscall
-    except (OSError, AttributeError):
+    syscall = _libc_function("syscall")
+    if syscall is None:
         return None
     syscall.restype = ctypes.c_long
     syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]
@@ -637,9 +643,8 @@ def _make_start_writeback() -> Callable[[int, int, int], None] | None:
     """A function starting the writeback of a byte range of a file, or None."""
     if sys.platform != "linux":
         return None
-    try:
-        sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+    sync_file_range = _libc_function("sync_file_range")
+    if sync_file_range is None:
         return None
     sync_file_range.restype = ctypes.c_int
     sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]

@@ -49,8 +49,6 @@ from sqlalchemy import (
     make_url,
     select,
 )
-from sqlalchemy import column as sa_column
-from sqlalchemy import table as sa_table
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
@@ -248,12 +246,21 @@ def declared_heads() -> tuple[str, ...] | None:
     return tuple(sorted(revisions - parents))
 
 
+def _version_table() -> Table:
+    """layergc's version table, as Alembic creates it."""
+    return Table(
+        VERSION_TABLE,
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+    )
+
+
 def _stored_revisions(conn: Connection) -> tuple[str, ...]:
     """What the version table holds, with plain SQLAlchemy (empty when there is none)."""
     if not inspect(conn).has_table(VERSION_TABLE):
         return ()
-    table = sa_table(VERSION_TABLE, sa_column("version_num"))
-    return tuple(sorted(conn.scalars(select(table.c.version_num))))
+    return tuple(sorted(conn.scalars(select(_version_table().c.version_num))))
 
 
 def current_revisions(conn: Connection) -> tuple[str, ...]:
@@ -328,16 +335,6 @@ def upgrade(url: str | URL | None = None, revision: str = "head") -> tuple[str, 
         engine.dispose()
 
 
-def version_table() -> Table:
-    """layergc's version table, as Alembic creates it."""
-    return Table(
-        VERSION_TABLE,
-        MetaData(),
-        Column("version_num", String(32), nullable=False),
-        PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
-    )
-
-
 def _create_at_head(engine: Engine, heads: tuple[str, ...]) -> bool:
     """Give a new database (no table of layergc's at all) the models' schema, stamped at
     `heads`: Alembic's recipe for a database built from scratch (create_all, then stamp),
@@ -352,7 +349,7 @@ def _create_at_head(engine: Engine, heads: tuple[str, ...]) -> bool:
             conn.rollback()
             return False
         Base.metadata.create_all(conn)
-        table = version_table()
+        table = _version_table()
         table.create(conn)
         conn.execute(table.insert(), [{"version_num": head} for head in heads])
         conn.commit()

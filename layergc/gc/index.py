@@ -14,7 +14,6 @@ without read-then-write races. Reads of many keys go the same way (`= ANY(array)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -360,7 +359,7 @@ def _reference_row(digest: str, value: Mapping[str, Any]) -> tuple[Any, ...]:
         _join_digests(value.get("blobs"), digest),
         _join_digests(value.get("children"), digest),
         value.get("subject"),
-        json.dumps(extra) if extra else None,
+        json_text(extra) if extra else None,
     )
 
 

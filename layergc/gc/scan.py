@@ -370,7 +370,7 @@ def mark(
     GIL), so the default is one thread for local drivers.
     """
     if workers is None:
-        workers = _DEFAULT_WORKERS.get(driver.name, 16)
+        workers = 1 if driver.name in LOCAL_DRIVERS else 16
     with _gc_paused():
         return _Marker(driver, delete_untagged, reference_cache, progress, workers).run()
 
@@ -401,9 +401,9 @@ def _gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-_DEFAULT_WORKERS = {"inmemory": 1, "filesystem": 1}
-# Where get_content of a file of any size is cheap enough (see read_bounded).
-_LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
+# Local drivers: get_content of a file of any size is cheap enough (see
+# read_bounded), and threads only add GIL contention (see mark).
+LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 # How long a link read empty waits before it is read again (read_link).
 _EMPTY_LINK_RETRY_SECONDS = 0.01
 # Manifests read per batch: bounds memory (content is dropped once parsed).
@@ -851,7 +851,7 @@ class _Marker:
         store reading it whole would cost the whole download, so only the head
         is read; on a local disk get_content is much cheaper than a reader and
         such a file costs a passing spike of memory before it is refused."""
-        if self.driver.name in _LOCAL_DRIVERS:
+        if self.driver.name in LOCAL_DRIVERS:
             return self.driver.get_content(path)
         with self.driver.reader(path) as f:
             chunks = []

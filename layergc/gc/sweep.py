@@ -232,7 +232,7 @@ class Sweeper:
         self.view: StorageDriver = driver
         # Objects move and go one at a time on a local disk; on remote storage,
         # where each costs round trips, this many at once.
-        self.parallel = 1 if driver.name in _LOCAL_DRIVERS else max(1, options.workers)
+        self.parallel = 1 if driver.name in scan.LOCAL_DRIVERS else max(1, options.workers)
 
     # --- the run -------------------------------------------------------------
 
@@ -901,9 +901,6 @@ class Sweeper:
     def _reference_cache(self) -> Any:
         factory = getattr(self.index, "reference_cache", None)
         return factory() if factory is not None else None
-
-
-_LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 
 
 class HookFailed(Exception):
