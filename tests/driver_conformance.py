@@ -449,6 +449,8 @@ class DriverConformance:
             driver.list("/dir/file")
         with pytest.raises(PathNotFound):
             driver.list_entries("/dir/file")
+        with pytest.raises(PathNotFound):
+            driver.list_names("/dir/file")
 
     def test_list_entries(self, driver: StorageDriver) -> None:
         for path in ("/a/b/c", "/a/d", "/a/e/f/g", "/h"):
@@ -464,6 +466,21 @@ class DriverConformance:
                 (path.rsplit("/", 1)[1], driver.stat(path).is_dir) for path in driver.list(folder)
             )
             assert sorted(driver.list_entries(folder)) == by_list
+
+    def test_list_names(self, driver: StorageDriver) -> None:
+        for path in ("/a/b/c", "/a/d", "/a/e/f/g", "/h"):
+            driver.put_content(path, b"x")
+        assert sorted(driver.list_names("/")) == ["a", "h"]
+        assert sorted(driver.list_names("/a")) == ["b", "d", "e"]
+        assert driver.list_names("/a/e/f") == ["g"]
+        with pytest.raises(PathNotFound):
+            driver.list_names("/missing")
+        with pytest.raises(InvalidPath):
+            driver.list_names("/a/../h")
+        # The names list_entries gives, files and folders alike.
+        for folder in ("/", "/a", "/a/b", "/a/e"):
+            by_entries = sorted(name for name, _ in driver.list_entries(folder))
+            assert sorted(driver.list_names(folder)) == by_entries
 
     def test_walk(self, driver: StorageDriver) -> None:
         files = {"/a/b/c": b"1", "/a/b/d": b"22", "/a/e": b"333", "/f/g/h/i": b"4444"}

@@ -125,6 +125,8 @@ def test_unnameable_entries_are_not_listed(fs: FilesystemDriver) -> None:
         fs.list("/dir")
     with pytest.raises(InvalidPath, match="no driver path can name"):
         fs.list_entries("/dir")
+    with pytest.raises(InvalidPath, match="no driver path can name"):
+        fs.list_names("/dir")
     assert [info.path for info in fs.walk("/")] == ["/dir", "/dir/good"]
     fs.delete("/dir")  # and they go with their folder
     assert not Path(fs.root, "dir").exists()
@@ -134,6 +136,7 @@ def test_own_temporary_files_are_not_listed(fs: FilesystemDriver) -> None:
     fs.put_content("/dir/good", b"x")
     Path(fs.root, "dir", ".good.0123456789abcdef~tmp").write_bytes(b"half")
     assert fs.list("/dir") == ["/dir/good"]
+    assert fs.list_names("/dir") == ["good"]
 
 
 # --- atomic put_content -------------------------------------------------------
@@ -270,6 +273,7 @@ def every_call(driver: FilesystemDriver, path: str) -> list[Callable[[], object]
         lambda: driver.exists(path),
         lambda: driver.list(path),
         lambda: driver.list_entries(path),
+        lambda: driver.list_names(path),
         lambda: driver.walk(path),
         lambda: driver.put_content(path, b"pwned"),
         lambda: driver.writer(path),
@@ -341,6 +345,7 @@ def test_walk_and_list_do_not_follow_symlinked_folders(
         ("file-link", True),
         ("real", True),
     ]
+    assert sorted(driver.list_names("/repos")) == ["dir-link", "file-link", "real"]
     assert sorted(driver.list("/repos")) == [
         "/repos/dir-link",
         "/repos/file-link",

@@ -99,6 +99,7 @@ from tests.support.components import free_port, require_binary, require_redis
 from tests.support.goregistry import GoRegistry
 from tests.support.pushers import (
     Client,
+    OpLog,
     ProbeResult,
     Stats,
     Worker,
@@ -341,8 +342,9 @@ class BreakMonitor:
     a later push heals it before the final pulls. A sighting counts once a second
     reading, half a second later, agrees (a move can fall between two listings)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, log: Path | None = None) -> None:
         self.root = root
+        self.log = log
         self.scans = 0
         self.sightings: list[tuple[float, list[str]]] = []
         self.failure: BaseException | None = None
@@ -375,6 +377,24 @@ class BreakMonitor:
                 if lost:
                     at = round(time.monotonic() - self._started, 1)
                     self.sightings.append((at, sorted(lost)))
+                    self._note(at, sorted(lost))
+
+    def _note(self, at: float, lost: list[str]) -> None:
+        # DIAGNOSTIC (temporary): the revision folders of the repositories concerned.
+        if self.log is None:
+            return
+        v2 = self.root / "docker" / "registry" / "v2" / "repositories"
+        revs = {}
+        for repo in {item.split("@")[0] for item in lost}:
+            folder = v2 / repo / "_manifests" / "revisions" / "sha256"
+            for h in _names(folder):
+                link = folder / h / "link"
+                try:
+                    revs[f"{repo}@{h[:12]}"] = round(link.stat().st_mtime, 3)
+                except FileNotFoundError:
+                    revs[f"{repo}@{h[:12]}"] = None
+        with self.log.open("a") as out:
+            out.write(json.dumps({"time": round(time.time(), 3), "at": at, "lost": lost, "revisions": revs}) + "\n")
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -557,6 +577,7 @@ def environment(tmp: Path, cache: str, *, unsafe: bool = False) -> Iterator[Env]
         cache="redis" if cache == "redis" else "inmemory",
         redis_db=REDIS_DB,
         workdir=tmp / "registry",
+        log_requests=True,
     )
     env = Env(tmp, registry, unsafe=unsafe)
     try:
@@ -700,6 +721,8 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
     with environment(tmp_path, cache) as env, layergc_serve(env) as daemon:
         reg = env.registry
         seconds["setup"] = time.monotonic() - t0
+        oplog = OpLog(tmp_path / "ops.log")
+        print(f"logs: {tmp_path}/{{registry/registry.log,serve.log,ops.log,monitor.log}}")
         workers = [
             Worker(
                 reg,
@@ -709,10 +732,11 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
                 seed=1000 + n,
                 root=env.root,
                 collected=env.index.collected,
+                oplog=oplog,
             )
             for n in range(WORKERS)
         ]
-        prober = Client(reg, tmp_path / "probe-layout")
+        prober = Client(reg, tmp_path / "probe-layout", oplog=oplog)
         probed: list[ProbeResult] = []
         probe_thread = threading.Thread(
             target=lambda: probed.append(
@@ -721,7 +745,7 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
             name="probe",
             daemon=True,
         )
-        with BreakMonitor(env.root) as monitor:
+        with BreakMonitor(env.root, tmp_path / "monitor.log") as monitor:
             probe_thread.start()
             stats = run_workers(workers, PUSH_SECONDS, threading.Event())
             probe_thread.join(timeout=60)

@@ -52,6 +52,30 @@ def test_round_trip_shares_digest_objects(index: Index) -> None:
     assert got[d(1)].blobs[0] is got[d(3)].blobs[0]
 
 
+def test_get_all_gives_every_entry_through_the_interner(index: Index) -> None:
+    cache = index.reference_cache()
+    assert cache.get_all() == {}
+    cache.put_many(CASES)
+    known = Digest("sha256", d(10).hex)
+    interner = {known.hex: known}
+    got = cache.get_all(intern=interner)
+    assert got == CASES
+    assert got[d(1)].blobs[0] is known  # the caller's Digest, not a copy
+    assert got[d(2)].children[0] is next(k for k in got if k == d(1))
+    assert set(interner) >= {x.hex for x in CASES}
+
+
+def test_get_all_refuses_a_malformed_key(index: Index) -> None:
+    with index.engine.begin() as conn:
+        conn.execute(
+            insert(ManifestReferences).values(
+                digest="sha256:zz", kind="image", blobs="", children=""
+            )
+        )
+    with pytest.raises(ValueError, match="malformed key"):
+        index.reference_cache().get_all()
+
+
 @pytest.mark.parametrize(
     "row",
     [
@@ -73,6 +97,8 @@ def test_rows_the_fast_path_refuses_fail_as_from_dict_does(
         ManifestRefs.from_dict(entry)
     with pytest.raises(type(expected.value)):
         index.reference_cache().get_many([d(7)])
+    with pytest.raises(type(expected.value)):
+        index.reference_cache().get_all()
 
 
 def test_odd_spacing_still_reads_as_from_dict_does(index: Index) -> None:

@@ -153,6 +153,12 @@ class StorageDriver(ABC):
         override it to save one stat per child."""
         return [(basename(child), self.stat(child).is_dir) for child in self.list(path)]
 
+    def list_names(self, path: str) -> list[str]:
+        """The names of the direct children of folder `path`, files and folders alike
+        (any order). For listings whose children's kind the caller does not need: a
+        driver may answer it cheaper than list_entries."""
+        return [name for name, _ in self.list_entries(path)]
+
     def walk(self, path: str) -> Iterator[FileInfo]:
         """Every file and folder below `path`, depth first, parents before children."""
         for child in sorted(self.list(path)):

@@ -241,6 +241,23 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         _remove_tree(dir_fd, name)
 
 
+def _nameable(path: str, names: list[str]) -> list[str]:
+    """`names` (a listing of folder `path`) without layergc's own temporary files;
+    InvalidPath if any other name is one no driver path can hold."""
+    # One match over all the names (a blob prefix folder holds hundreds): the
+    # usual case; a listing with an odd name is sorted out name by name.
+    if not names or _LISTING_RE.fullmatch("/".join(names)):
+        return names
+    listed = [name for name in names if _COMPONENT_RE.fullmatch(name)]
+    unnameable = [n for n in names if not _COMPONENT_RE.fullmatch(n)]
+    unnameable = [n for n in unnameable if not n.endswith(_TEMP_SUFFIX)]
+    if unnameable:
+        # Hiding it would hide, say, a repository from the garbage collector,
+        # which would then delete its blobs: the folder is unreadable instead.
+        raise InvalidPath(path, f"folder holds {unnameable[0]!r}, which no driver path can name")
+    return listed
+
+
 def _driver_errors(method: _Method) -> _Method:
     """Turn an unexpected OSError (EACCES, ENOSPC, a race lost) into a
     StorageDriverError naming the path, so that callers catch one family."""
@@ -511,21 +528,23 @@ class FilesystemDriver(StorageDriver):
                 ]
         finally:
             os.close(fd)
-        # One match over all the names (a blob prefix folder holds hundreds): the
-        # usual case; a listing with an odd name is sorted out name by name.
-        if _LISTING_RE.fullmatch("/".join([name for name, _ in found])) or not found:
+        names = _nameable(path, [name for name, _ in found])
+        if len(names) == len(found):
             return found
-        listed = [entry for entry in found if _COMPONENT_RE.fullmatch(entry[0])]
-        if len(listed) < len(found):
-            unnameable = [n for n, _ in found if not _COMPONENT_RE.fullmatch(n)]
-            unnameable = [n for n in unnameable if not n.endswith(_TEMP_SUFFIX)]
-            if unnameable:
-                # Hiding it would hide, say, a repository from the garbage collector,
-                # which would then delete its blobs: the folder is unreadable instead.
-                raise InvalidPath(
-                    path, f"folder holds {unnameable[0]!r}, which no driver path can name"
-                )
-        return listed
+        kept = set(names)
+        return [entry for entry in found if entry[0] in kept]
+
+    @_driver_errors
+    def list_names(self, path: str) -> list[str]:
+        validate_path(path, allow_root=True)
+        fd = self._open_dir(path[1:], path)
+        try:
+            # listdir makes no DirEntry per child: several times cheaper than scandir
+            # on the mark's largest listings (blob prefixes, layer links).
+            found = os.listdir(fd)
+        finally:
+            os.close(fd)
+        return _nameable(path, found)
 
     @_driver_errors
     def walk(self, path: str) -> Iterator[FileInfo]:

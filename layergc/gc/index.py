@@ -845,12 +845,18 @@ class Index:
         what `put_references` got, less extra fields that were empty."""
         return {row[0]: _reference_entry(row) for row in self.reference_rows(digests)}
 
-    def reference_rows(self, digests: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+    def reference_rows(self, digests: Iterable[str] | None) -> Iterator[tuple[Any, ...]]:
         """The stored rows behind get_references: (digest, media_type, kind, blobs,
-        children, subject, extra), the digest lists as space-separated text. A caller
-        that converts each row at once never holds every entry twice."""
+        children, subject, extra), the digest lists as space-separated text; every
+        row for None. A caller that converts each row at once never holds every
+        entry twice."""
         m = ManifestReferences.__table__.c
         columns = (m.digest, m.media_type, m.kind, m.blobs, m.children, m.subject, m.extra)
+        if digests is None:
+            with self.engine.connect() as conn:
+                for rows in conn.execute(select(*columns)).partitions(500):
+                    yield from rows
+            return
         query = select(*columns).where(self._member_of(m.digest))
         with self.engine.connect() as conn:
             # Thousands of keys per query and a few hundred rows per fetch: far cheaper
@@ -993,11 +999,20 @@ class IndexReferenceCache:
         by_hex: dict[str, Digest] = {} if intern is None else intern
         for d in wanted:
             by_hex.setdefault(d.hex, d)
+        return self._entries(self.index.reference_rows(map(str, wanted)), by_hex)
+
+    def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Any, Any]:
+        return self._entries(self.index.reference_rows(None), {} if intern is None else intern)
+
+    @staticmethod
+    def _entries(rows: Iterable[Sequence[Any]], by_hex: dict[str, Digest]) -> dict[Any, Any]:
         found: dict[Any, Any] = {}
-        for row in self.index.reference_rows(map(str, wanted)):
-            # Selected by equality with str(d): its hex finds d (hex lengths differ
-            # between algorithms).
-            found[by_hex[row[0].partition(":")[2]]] = _cached_refs(row, by_hex)
+        for row in rows:
+            # Its hex finds the entry's Digest (hex lengths differ between algorithms).
+            key = _digests(row[0], by_hex)
+            if not key or len(key) != 1:
+                raise ValueError(f"reference cache: malformed key {row[0][:200]!r}")
+            found[key[0]] = _cached_refs(row, by_hex)
         return found
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:
@@ -1039,22 +1054,25 @@ def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
         return ()
     if not _DIGEST_LIST.fullmatch(text):
         return None
-    from layergc.storage.manifests import make_digest  # see _cached_refs
+    # The hex alone names the digest (each algorithm has its own length), and the
+    # mark's interner (`by_hex`) holds nearly all of them: found in one pass in C,
+    # holding the blob listing's own strings, not a copy per manifest.
+    hexes = _ALGORITHM_PREFIX.sub("", text).split(" ")
+    found = list(map(by_hex.get, hexes))
+    if not all(found):  # (not `None in found`: that calls Digest.__eq__ per element)
+        from layergc.storage.manifests import make_digest  # see _cached_refs
 
-    found = []
-    for token in text.split(" "):
-        algorithm, _, hex_ = token.partition(":")
-        # The hex alone names the digest (each algorithm has its own length); the
-        # Digest found holds the blob listing's own string, not a copy per manifest.
-        d = by_hex.get(hex_)
-        if d is None:
-            hex_ = sys.intern(hex_)
-            d = by_hex[hex_] = make_digest(_ALGORITHM_NAMES[algorithm], hex_)
-        found.append(d)
-    return tuple(found)
+        for i, d in enumerate(found):
+            if d is None:
+                hex_ = sys.intern(hexes[i])
+                found[i] = by_hex.setdefault(
+                    hex_, make_digest(_ALGORITHM_OF_LENGTH[len(hex_)], hex_)
+                )
+    return tuple(found)  # type: ignore[arg-type]
 
 
-_ALGORITHM_NAMES: Final = {name: name for name in ALGORITHMS}
+_ALGORITHM_OF_LENGTH: Final = {length: name for name, length in ALGORITHMS.items()}
+_ALGORITHM_PREFIX: Final = re.compile("|".join(f"{name}:" for name in ALGORITHMS))
 _ONE_DIGEST: Final = "|".join(f"{name}:[0-9a-f]{{{n}}}" for name, n in ALGORITHMS.items())
 _DIGEST_LIST: Final = re.compile(f"(?:(?:{_ONE_DIGEST})(?: (?:{_ONE_DIGEST}))*)?")
 _MANIFEST_KINDS: Final = frozenset(("image", "index", "schema1", "unknown"))

@@ -71,6 +71,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, overload
 from layergc.digest import ALGORITHMS, Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import InvalidLink, InvalidManifest, PathNotFound
+from layergc.gc import split
 from layergc.names import is_valid_repository_name
 from layergc.storage import manifests, paths
 from layergc.storage.links import parse_link
@@ -151,6 +152,10 @@ class ReferenceCache(Protocol):
         (hex -> Digest) where it has them, and entered there otherwise."""
         ...
 
+    def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Digest, ManifestRefs]:
+        """Every entry (as get_many)."""
+        ...
+
     def put_many(self, refs: Mapping[Digest, ManifestRefs]) -> None: ...
 
 
@@ -165,6 +170,9 @@ class DictReferenceCache:
     ) -> dict[Digest, ManifestRefs]:
         entries = self.entries
         return {d: entries[d] for d in digests if d in entries}
+
+    def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Digest, ManifestRefs]:
+        return dict(self.entries)
 
     def put_many(self, refs: Mapping[Digest, ManifestRefs]) -> None:
         self.entries.update(refs)
@@ -408,6 +416,15 @@ LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 _EMPTY_LINK_RETRY_SECONDS = 0.01
 # Manifests read per batch: bounds memory (content is dropped once parsed).
 _BATCH = 512
+# Below these, a forked child (gc/split.py) costs more than its share saves.
+_SPLIT_MIN_REPOSITORIES = 256
+_SPLIT_MIN_MANIFESTS = 2048
+# Items per chunk of shared work: small enough to balance, large enough that a
+# claim (one pipe read) and the packing cost little.
+_SPLIT_REPOSITORIES_CHUNK = 16
+_SPLIT_MANIFESTS_CHUNK = 64
+# What a forked child sends back for one manifest (see _pack_outcome).
+_Packed = tuple[Any, ...] | str
 
 
 # --- the marker --------------------------------------------------------------------
@@ -446,6 +463,71 @@ _GONE = _Gone()
 _Loaded = ManifestRefs | _Missing | _Unparseable
 
 
+@dataclass(slots=True)
+class _Apart:
+    errors: list[ScanError] = field(default_factory=list)
+
+
+# What a forked child sends back (gc/split.py): plain tuples of hex strings, which
+# pickle compactly; the parent turns them back into its own shared strings and
+# Digests (through its interner), as if it had done the work itself.
+
+
+def _pack_repository(repo: _Repository) -> tuple[Any, ...]:
+    return (
+        list(repo.revisions.items()),
+        list(repo.tagged),
+        repo.extra_roots,
+        repo.uncertain,
+        repo.layers,
+        repo.uploads,
+        repo.tags,
+    )
+
+
+def _unpack_repository(
+    repo: _Repository, fields: tuple[Any, ...], canon: Callable[[str], str]
+) -> None:
+    revisions, tagged, extra_roots, repo.uncertain, layers, repo.uploads, repo.tags = fields
+    repo.revisions = {canon(h): keep for h, keep in revisions}
+    repo.tagged = set(map(canon, tagged))
+    repo.extra_roots = list(map(canon, extra_roots))
+    repo.layers = list(map(canon, layers))
+
+
+def _pack_outcome(outcome: _Loaded) -> _Packed:
+    if isinstance(outcome, _Missing):
+        return "missing"
+    if isinstance(outcome, _Unparseable):
+        return "unparseable"
+    media_type, kind, blobs, children, subject, unknown = outcome
+    hexes = operator.attrgetter("hex")
+    return (
+        media_type,
+        kind,
+        tuple(map(hexes, blobs)),
+        tuple(map(hexes, children)),
+        None if subject is None else subject.hex,
+        unknown,
+    )
+
+
+def _unpack_outcome(packed: _Packed, digest: Callable[[str], Digest]) -> _Loaded:
+    if packed == "missing":
+        return MISSING
+    if packed == "unparseable":
+        return UNPARSEABLE
+    media_type, kind, blobs, children, subject, unknown = packed
+    return ManifestRefs(
+        sys.intern(media_type),
+        kind,
+        tuple(map(digest, blobs)),
+        tuple(map(digest, children)),
+        None if subject is None else digest(subject),
+        unknown,
+    )
+
+
 class _Marker:
     def __init__(
         self,
@@ -469,6 +551,7 @@ class _Marker:
         self.blob_hexes: list[str] = []  # sorted, once listed
         self.loaded: dict[str, _Loaded] = {}
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
+        self.prefetched: dict[str, ManifestRefs] | None = None  # see prefetch
 
     # --- errors & plumbing -------------------------------------------------------
 
@@ -496,11 +579,18 @@ class _Marker:
             self.progress(phase, done, total)
 
     def list_dirs(
-        self, path: str, repository: str | None, *, blocking: bool = True
+        self, path: str, repository: str | None, *, blocking: bool = True, typed: bool = True
     ) -> list[str] | None:
         """Names of the sub-folders of `path`: [] if it is gone, None (reported)
-        if it cannot be read."""
+        if it cannot be read.
+
+        `typed=False` takes every child's name, files too, from a cheaper untyped
+        listing: for folders the layout fills with folders only (blob prefixes,
+        revisions, tags, layer links), where a stray file named like a folder is
+        then met as missing when the mark reads below it (ENOTDIR)."""
         try:
+            if not typed:
+                return self.driver.list_names(path)
             return [name for name, is_dir in self.driver.list_entries(path) if is_dir]
         except PathNotFound:
             return []  # never there, or removed while we look (a concurrent delete)
@@ -509,10 +599,10 @@ class _Marker:
             self.error(kind, path, repository, f"cannot list {path}: {exc}", blocking=blocking)
             return None
 
-    def repo_dirs(self, path: str, repo: _Repository) -> list[str]:
+    def repo_dirs(self, path: str, repo: _Repository, *, typed: bool = True) -> list[str]:
         """list_dirs inside a repository: what cannot be listed there (reported,
         blocking) also makes the repository keep every revision."""
-        folders = self.list_dirs(path, repo.name)
+        folders = self.list_dirs(path, repo.name, typed=typed)
         if folders is None:
             repo.uncertain = True
             return []
@@ -556,10 +646,7 @@ class _Marker:
         t = self.timed("blobs", t)
         repos = self.find_repositories()
         t = self.timed("repositories", t)
-        for done, _ in enumerate(self.pool_map(self.scan_repository, repos), 1):
-            if done % 250 == 0:
-                self.report("repositories", done, len(repos))
-        self.report("repositories", len(repos), len(repos))
+        self.scan_repositories(repos)
         t = self.timed("links", t)
         self.load_refs(self.wanted_manifests(repos))
         t = self.timed("manifests", t)
@@ -580,13 +667,15 @@ class _Marker:
             if length is None:
                 self.invalid(base, None, f"blob folder of unsupported algorithm {algorithm!r}")
                 continue
-            prefixes = sorted(self.list_dirs(base, None, blocking=False) or [])
+            prefixes = sorted(self.list_dirs(base, None, blocking=False, typed=False) or [])
             for i, prefix in enumerate(prefixes):
                 folder = f"{base}/{prefix}"
                 if not is_lower_hex(prefix, 2):
                     self.invalid(folder, None, f"blob prefix folder {prefix!r}")
                     continue
-                names = self.list_dirs(folder, None, blocking=False) or []
+                # A stray file named like a blob folder becomes a candidate whose
+                # data is missing: the sweep finds it vanished and leaves it.
+                names = self.list_dirs(folder, None, blocking=False, typed=False) or []
                 if not _all_hex(names, length, prefix):
                     names = self.valid_names(names, length, folder, None, "blob", prefix)
                 for name in names:
@@ -665,6 +754,78 @@ class _Marker:
             )
         return _Repository(name, markers, valid)
 
+    def may_split(self, items: int, minimum: int) -> bool:
+        """Whether to share `items` with a forked child (gc/split.py): on the
+        filesystem, where a mark is CPU-bound, for enough work to pay the fork."""
+        return (
+            self.pool is None
+            and self.driver.name == "filesystem"
+            and items >= minimum
+            and split.can_fork()
+        )
+
+    def scan_repositories(self, repos: list[_Repository]) -> None:
+        """scan_repository of each, shared with a forked child if that pays; the
+        parent reads the whole reference cache meanwhile (see load_refs)."""
+        if not self.may_split(len(repos), _SPLIT_MIN_REPOSITORIES):
+            for done, _ in enumerate(self.pool_map(self.scan_repository, repos), 1):
+                if done % 250 == 0:
+                    self.report("repositories", done, len(repos))
+            self.report("repositories", len(repos), len(repos))
+            return
+        scanned = 0
+
+        def scan_mine(start: int, stop: int) -> None:
+            nonlocal scanned
+            for repo in repos[start:stop]:
+                self.scan_repository(repo)
+            scanned += stop - start
+            self.report("repositories", scanned, len(repos))
+
+        def scan_theirs(start: int, stop: int) -> tuple[list[tuple[Any, ...]], list[ScanError]]:
+            with self.apart() as apart:
+                packed = [_pack_repository(self.scan_repository(r)) for r in repos[start:stop]]
+            return packed, apart.errors
+
+        size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
+        delivered = split.share(len(repos), size, scan_mine, scan_theirs, first=self.prefetch)
+        canon = self.interner.canon
+        for start, (packed, errors) in delivered:
+            for repo, fields in zip(repos[start : start + size], packed, strict=True):
+                _unpack_repository(repo, fields, canon)
+            self.adopt(errors)
+        self.report("repositories", len(repos), len(repos))
+
+    def prefetch(self) -> None:
+        """Read every entry of the reference cache now (while a forked child scans
+        repositories), for load_refs: a repeated mark wants nearly all of them."""
+        get_all = getattr(self.cache, "get_all", None)
+        if get_all is None:
+            return
+        try:
+            entries = get_all(intern=self.interner)
+        except Exception as exc:  # a cache failure costs time, not safety
+            self.error(REFERENCE_CACHE, "", None, f"reference cache: {exc}", blocking=False)
+            return
+        self.prefetched = {d.hex: refs for d, refs in entries.items()}
+
+    def adopt(self, errors: list[ScanError]) -> None:
+        """Errors a forked child reported (see apart)."""
+        self.errors.extend(errors)
+        self.blocked |= any(e.blocking for e in errors)
+
+    @contextlib.contextmanager
+    def apart(self) -> Iterator[_Apart]:
+        """For work done in a forked child: no progress (the parent reports), and
+        the errors reported inside collected apart, for the parent to adopt."""
+        result = _Apart()
+        first = len(self.errors)
+        self.progress = None
+        try:
+            yield result
+        finally:
+            result.errors = self.errors[first:]
+
     def scan_repository(self, repo: _Repository) -> _Repository:
         """Revisions, tags, layer links and uploads of one repository."""
         if paths.MANIFESTS_DIR in repo.markers:
@@ -686,7 +847,7 @@ class _Marker:
             if length is None:
                 self.invalid(folder, name, f"revisions of algorithm {algorithm!r}", True)
                 continue
-            for hex_ in self.repo_dirs(folder, repo):
+            for hex_ in self.repo_dirs(folder, repo, typed=False):
                 if not is_lower_hex(hex_, length):
                     self.invalid(f"{folder}/{hex_}", name, f"revision folder {hex_!r}", True)
                     continue
@@ -714,7 +875,7 @@ class _Marker:
 
     def scan_tags(self, repo: _Repository) -> None:
         name = repo.name
-        for tag in self.repo_dirs(paths.tags_dir(name), repo):
+        for tag in self.repo_dirs(paths.tags_dir(name), repo, typed=False):
             target = self.read_link(paths.tag_current_link(name, tag), repo)
             if target is _GONE:
                 continue  # no current/link: the tag is not there (Go skips it too)
@@ -773,7 +934,7 @@ class _Marker:
             if length is None:
                 self.invalid(folder, name, f"layer links of algorithm {algorithm!r}")
                 continue
-            names = self.repo_dirs(folder, repo)
+            names = self.repo_dirs(folder, repo, typed=False)
             if not _all_hex(names, length):
                 names = self.valid_names(names, length, folder, name, "layer link")
             repo.layers.extend(map(self.interner.canon, names))
@@ -794,7 +955,11 @@ class _Marker:
         todo = [h for h in hexes if h not in loaded]
         if not todo:
             return
-        cached = self.cache_get([self.digest(h) for h in todo])
+        if self.prefetched is not None:
+            prefetched, self.prefetched = self.prefetched, None
+            cached = {self.digest(h): r for h in todo if (r := prefetched.get(h)) is not None}
+        else:
+            cached = self.cache_get([self.digest(h) for h in todo])
         if cached:
             for d, refs in cached.items():
                 # The listing stands for an existence check; a blob not listed
@@ -803,19 +968,50 @@ class _Marker:
                     loaded[d.hex] = refs
             self.stats.manifests_cached += len(cached)
             todo = [h for h in todo if h not in loaded]
-        parsed = 0
-        for start in range(0, len(todo), _BATCH):
-            batch = todo[start : start + _BATCH]
-            outcomes = self.pool_map(self.read_manifest, batch, chunk=16)
-            for h, outcome in zip(batch, outcomes, strict=True):
-                loaded[h] = outcome
-                parsed += isinstance(outcome, ManifestRefs)
-            self.report("manifests", min(start + _BATCH, len(todo)), len(todo))
+        if self.may_split(len(todo), _SPLIT_MIN_MANIFESTS):
+            self.read_manifests_split(todo)
+        else:
+            self.read_manifests(todo)
+        parsed = sum(1 for h in todo if isinstance(loaded[h], ManifestRefs))
         self.stats.manifests_parsed += parsed
         if parsed and self.cache is not None:
             self.cache_put(
                 {self.digest(h): r for h in todo if isinstance(r := loaded[h], ManifestRefs)}
             )
+
+    def read_manifests(self, hexes: list[str]) -> None:
+        """read_manifest of each into self.loaded, a batch at a time."""
+        loaded = self.loaded
+        for start in range(0, len(hexes), _BATCH):
+            batch = hexes[start : start + _BATCH]
+            outcomes = self.pool_map(self.read_manifest, batch, chunk=16)
+            for h, outcome in zip(batch, outcomes, strict=True):
+                loaded[h] = outcome
+            self.report("manifests", min(start + _BATCH, len(hexes)), len(hexes))
+
+    def read_manifests_split(self, hexes: list[str]) -> None:
+        """read_manifests, shared with a forked child."""
+        read = 0
+
+        def read_mine(start: int, stop: int) -> None:
+            nonlocal read
+            for h in hexes[start:stop]:
+                self.loaded[h] = self.read_manifest(h)
+            read += stop - start
+            self.report("manifests", read, len(hexes))
+
+        def read_theirs(start: int, stop: int) -> tuple[list[_Packed], list[ScanError]]:
+            with self.apart() as apart:
+                packed = [_pack_outcome(self.read_manifest(h)) for h in hexes[start:stop]]
+            return packed, apart.errors
+
+        size = split.chunk_size(len(hexes), _SPLIT_MANIFESTS_CHUNK)
+        loaded, digest = self.loaded, self.digest
+        for start, (packed, errors) in split.share(len(hexes), size, read_mine, read_theirs):
+            for h, outcome in zip(hexes[start : start + size], packed, strict=True):
+                loaded[h] = _unpack_outcome(outcome, digest)
+            self.adopt(errors)
+        self.report("manifests", len(hexes), len(hexes))
 
     def read_manifest(self, hex_: str) -> _Loaded:
         d = self.digest(hex_)

@@ -30,10 +30,12 @@ sequence that breaks an image when the registry's blob cache is not cleared.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,31 +147,72 @@ class Stats:
         self.errors.extend(other.errors)
 
 
+class OpLog:
+    """What the clients did and when: one JSON line per skopeo run or HTTP call
+    (wall-clock start and end, thread, operation, repository, image, digest, how it
+    ended), to set beside the registry's request log, layergc's log and the storage
+    monitor's sightings when a run fails. Without a path it records nothing."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def record(self, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Times the block; the caller may add fields (an outcome) to the yielded dict."""
+        entry = {"start": round(time.time(), 3), "who": threading.current_thread().name}
+        entry |= {"op": op, **fields}
+        try:
+            yield entry
+        except BaseException as exc:
+            entry.setdefault("error", f"{type(exc).__name__}: {str(exc)[-300:]}")
+            raise
+        finally:
+            entry["end"] = round(time.time(), 3)
+            if self.path is not None:
+                with self._lock, self.path.open("a") as out:
+                    out.write(json.dumps(entry, default=str) + "\n")
+
+
 class Client:
     """skopeo pushes and HTTP calls with a client's retries, counted in `stats`."""
 
-    def __init__(self, registry: GoRegistry, layout: Path, stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        registry: GoRegistry,
+        layout: Path,
+        stats: Stats | None = None,
+        oplog: OpLog | None = None,
+    ) -> None:
         self.registry = registry
         self.layout = layout
         self.stats = stats or Stats()
+        self.oplog = oplog or OpLog()
 
-    def http(self, call: Callable[[], T], *, gone_ok: bool = False) -> T | None:
+    def http(
+        self, call: Callable[[], T], *, gone_ok: bool = False, entry: dict[str, Any] | None = None
+    ) -> T | None:
         """`call`, retried on connection errors and 5xx; with `gone_ok`, a 404 after a
-        failed attempt means the earlier attempt did the work (None is returned)."""
+        failed attempt means the earlier attempt did the work (None is returned).
+        Failed attempts are listed in `entry` (an OpLog record)."""
+        failures = entry.setdefault("failures", []) if entry is not None else []
         for attempt in range(HTTP_ATTEMPTS):
             try:
                 return call()
             except RegistryHTTPError as exc:
+                failures.append(exc.status)
                 # A 404 after a failed attempt: that attempt did the work. A 404 at once:
                 # another image of the pool shares the manifest (a platform child) and
                 # deleted it first. A manifest lost to the sweep would instead show in
                 # the monitor and the end-of-run storage oracle, which check every tag.
                 if exc.status == 404 and gone_ok:
+                    if entry is not None:
+                        entry["outcome"] = "404, taken as gone"
                     return None
                 if exc.status < 500:
                     raise
-            except OSError:
-                pass
+            except OSError as exc:
+                failures.append(type(exc).__name__)
             self.stats.http_retries += 1
             time.sleep(0.25 * (attempt + 1))
         return call()
@@ -181,13 +224,17 @@ class Client:
             if attempt:
                 self.stats.push_retries += 1
                 time.sleep(0.3 * attempt)
-            try:
-                digest = images.push(
-                    self.registry, self.layout, image.name, repo, tag, all=image.multi
-                )
-            except SkopeoError as exc:
-                last = exc
-                continue
+            with self.oplog.record(
+                "push", repo=repo, tag=tag, image=image.name, digests=image.manifests
+            ) as entry:
+                try:
+                    digest = images.push(
+                        self.registry, self.layout, image.name, repo, tag, all=image.multi
+                    )
+                except SkopeoError as exc:
+                    entry["error"] = str(exc)[-300:]
+                    last = exc
+                    continue
             assert digest == image.digest, f"pushed {image.name}, stored {digest}"
             self.stats.pushes += 1
             return True
@@ -198,7 +245,9 @@ class Client:
     def delete(self, repo: str, image: PoolImage) -> None:
         # The index first: its children stay referenced until it is gone.
         for digest in image.manifests:
-            self.http(lambda d=digest: self.registry.delete_manifest(repo, d), gone_ok=True)
+            with self.oplog.record("delete", repo=repo, image=image.name, digest=digest) as e:
+                call = lambda d=digest: self.registry.delete_manifest(repo, d)  # noqa: E731
+                self.http(call, gone_ok=True, entry=e)
             self.stats.deletes += 1
 
 
@@ -233,8 +282,9 @@ class Worker(Client):
         seed: int,
         root: Path,
         collected: Collected,
+        oplog: OpLog | None = None,
     ) -> None:
-        super().__init__(registry, layout)
+        super().__init__(registry, layout, oplog=oplog)
         self.pool = pool
         self.repos = [RepoModel(name) for name in repos]
         self.rng = random.Random(seed)

@@ -1,0 +1,191 @@
+"""A share of a mark's work done by a forked child process, on a second CPU.
+
+On local storage a mark is bound by the interpreter, not by the disk: each link
+read or folder listing is a few system calls wrapped in Python, so threads only
+fight over the GIL (2 and 4 mark threads gave no gain, see bench/README.md). A
+child forked once the blob listing is done starts with everything the parent
+has built (the listing, the interner) at no cost, works on another CPU, and
+sends back a compact result through a pipe.
+
+The work is cut into chunks that both processes claim from one queue (a pipe
+holding the chunks' numbers: a read of one record is atomic), so neither waits
+for the other when the chunks or the CPUs differ, and the parent can first do
+something else (read the reference cache) and then join in.
+
+A fork is safe only in a process running a single thread: a lock another thread
+held at the fork would stay held in the child forever. `layergc sweep` is such a
+process; `layergc serve` (its scheduler has threads) and test runners with
+threads are not, and there the parent does every chunk itself. The result is
+the same either way, and when the child fails (an exception, a crash, a signal)
+the parent does the chunks the child had claimed, and logs why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# LAYERGC_MARK_PROCESSES=1 keeps a mark in one process (for comparisons, or a host
+# that forbids fork); anything else, or unset, allows the split.
+ENV = "LAYERGC_MARK_PROCESSES"
+_RECORD = struct.Struct("=I")
+# Records in the queue at most: they must all fit in a pipe's buffer (64 KiB on
+# Linux by default; 4 KiB is what POSIX promises, hence the check in _queue).
+_MAX_CHUNKS = 8192
+
+
+def can_fork() -> bool:
+    """Whether a split may fork here: a single-threaded process that may use more
+    than one CPU."""
+    if not hasattr(os, "fork") or os.environ.get(ENV, "").strip() == "1":
+        return False
+    if threading.active_count() != 1:
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return cpus > 1
+
+
+def chunk_size(count: int, least: int) -> int:
+    """Items per chunk for `count` items: `least`, or more to stay under _MAX_CHUNKS."""
+    return max(least, -(-count // _MAX_CHUNKS))
+
+
+def share(
+    count: int,
+    size: int,
+    mine: Callable[[int, int], None],
+    theirs: Callable[[int, int], R],
+    *,
+    first: Callable[[], None] | None = None,
+) -> list[tuple[int, R]]:
+    """Run every chunk [start, stop) of range(count), `size` items each, once.
+
+    A forked child runs `theirs(start, stop)` on the chunks it claims and sends
+    back what it returns; this process runs `first()`, then `mine(start, stop)`
+    on the chunks it claims, and returns the child's [(start, result)], for the
+    caller to apply. Without a fork (can_fork() is False), or when the child
+    fails, `mine` runs here on every chunk the child did not deliver.
+
+    What `theirs` returns must pickle, and must be all the caller needs of it: its
+    effects on memory stay in the child. It must not write to shared resources
+    (the index's connections, stdout): the child inherits them."""
+    starts = range(0, count, size)
+    if len(starts) < 2 or not can_fork():
+        if first is not None:
+            first()
+        for start in starts:
+            mine(start, min(start + size, count))
+        return []
+    queue = _queue(starts)
+    result_fd, child_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        os.close(result_fd)
+        _child(child_fd, lambda: _claim_all(queue, count, size, theirs))
+    os.close(child_fd)
+    done: set[int] = set()
+    try:
+        if first is not None:
+            first()
+        for start, stop in _claims(queue, count, size):
+            mine(start, stop)
+            done.add(start)
+        with os.fdopen(result_fd, "rb") as pipe:
+            result_fd = -1
+            payload = pipe.read()
+    except BaseException:
+        _reap(pid, kill=True)
+        if result_fd >= 0:
+            os.close(result_fd)
+        raise
+    finally:
+        os.close(queue)
+    status = _reap(pid, kill=False)
+    delivered, reason = _decode(payload, status)
+    if reason:
+        log.warning("mark: the forked child failed (%s); its share is done in-process", reason)
+    done.update(start for start, _ in delivered)
+    for start in starts:
+        if start not in done:
+            mine(start, min(start + size, count))
+    return delivered
+
+
+def _queue(starts: range) -> int:
+    """A pipe's read end holding one record per chunk, then end of file."""
+    read_fd, write_fd = os.pipe()
+    try:
+        data = b"".join(_RECORD.pack(i) for i in range(len(starts)))
+        if os.write(write_fd, data) != len(data):  # pragma: no cover - a small pipe
+            raise OSError("the pipe's buffer cannot hold the work queue")
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+def _claims(queue: int, count: int, size: int) -> Iterator[tuple[int, int]]:
+    """Yield (start, stop) of each chunk this process claims, until none is left."""
+    while record := os.read(queue, _RECORD.size):
+        start = _RECORD.unpack(record)[0] * size
+        yield start, min(start + size, count)
+
+
+def _claim_all(queue: int, count: int, size: int, work: Callable[[int, int], R]) -> object:
+    return [(start, work(start, stop)) for start, stop in _claims(queue, count, size)]
+
+
+def _child(result_fd: int, work: Callable[[], object]) -> None:
+    """Run `work` and send (True, result), or (False, reason); never return."""
+    code = 1
+    try:
+        # A Ctrl-C reaches the whole process group: the child just ends (the parent
+        # decides what the interrupted run does), and runs none of its handlers.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            payload = pickle.dumps((True, work()), protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        except BaseException as exc:  # sent to the parent, which redoes the work
+            payload = pickle.dumps((False, f"{type(exc).__name__}: {exc}"))
+        with os.fdopen(result_fd, "wb") as pipe:
+            pipe.write(payload)
+    finally:
+        # No atexit handlers, no flush of buffers inherited from the parent.
+        os._exit(code)
+
+
+def _decode(payload: bytes, status: int) -> tuple[list[tuple[int, R]], str]:
+    """The child's delivered chunks, and why it failed ('' if it did not)."""
+    if not payload:
+        return [], f"no result, wait status {status}"
+    try:
+        ok, value = pickle.loads(payload)  # our own child's bytes, through our own pipe
+    except Exception as exc:  # torn: the child died while writing
+        return [], f"unreadable result ({exc}), wait status {status}"
+    return (value, "") if ok else ([], str(value))
+
+
+def _reap(pid: int, *, kill: bool) -> int:
+    """Wait for the child (killed first with `kill`); its wait status."""
+    if kill:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return os.waitpid(pid, 0)[1]

@@ -1,0 +1,183 @@
+"""A mark's work shared with a forked child (layergc/gc/split.py, and its use in
+gc/scan.py): every chunk runs once, a failed child's chunks are redone by the
+parent, and a split mark finds exactly what a one-process mark finds, errors
+included."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from layergc.driver.filesystem import FilesystemDriver
+from layergc.gc import scan, split
+from layergc.gc.treegen import generate
+from layergc.storage import paths
+
+PARENT = os.getpid()
+
+
+@pytest.fixture
+def forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fork even if a test runner's thread is alive: the child's work in these tests
+    takes no lock that such a thread could hold."""
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+
+
+def run(count: int, size: int, fail_child: str | None = None) -> tuple[list[int], dict[int, int]]:
+    """split.share over range(count): which items the parent did, and what the
+    child delivered (item -> the child's pid)."""
+    parent_did: list[int] = []
+
+    def mine(start: int, stop: int) -> None:
+        assert os.getpid() == PARENT
+        parent_did.extend(range(start, stop))
+        time.sleep(0.001)  # work, so that the child gets to claim some
+
+    def theirs(start: int, stop: int) -> list[tuple[int, int]]:
+        assert os.getpid() != PARENT
+        if fail_child == "raise" and start >= size:
+            raise RuntimeError("boom")
+        if fail_child == "die" and start >= size:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [(i, os.getpid()) for i in range(start, stop)]
+
+    delivered = split.share(count, size, mine, theirs)
+    child = {i: pid for _start, items in delivered for i, pid in items}
+    return parent_did, child
+
+
+@pytest.mark.usefixtures("forking")
+def test_every_chunk_runs_once_in_one_process_or_the_other() -> None:
+    parent_did, child = run(2000, 7)
+    assert sorted(parent_did + list(child)) == list(range(2000))
+    assert child, "the child claimed no chunk"
+    assert len(set(child.values())) == 1 and PARENT not in child.values()
+
+
+@pytest.mark.usefixtures("forking")
+@pytest.mark.parametrize("how", ["raise", "die"])
+def test_a_failed_child_s_chunks_are_done_by_the_parent(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    parent_did, child = run(2000, 5, fail_child=how)
+    assert child == {}  # nothing delivered ...
+    assert sorted(parent_did) == list(range(2000))  # ... all done here, once
+    assert "forked child failed" in caplog.text
+
+
+def test_without_a_fork_the_parent_does_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(split.ENV, "1")
+    assert not split.can_fork()
+    parent_did, child = run(100, 3)
+    assert parent_did == list(range(100)) and child == {}
+
+
+@pytest.mark.usefixtures("forking")
+def test_first_runs_in_the_parent_before_its_chunks() -> None:
+    order: list[str] = []
+    split.share(
+        10,
+        1,
+        lambda start, stop: order.append("chunk"),
+        lambda start, stop: None,
+        first=lambda: order.append("first"),
+    )
+    assert order[0] == "first"
+
+
+def test_chunk_size_keeps_the_queue_within_a_pipe() -> None:
+    assert split.chunk_size(100, 16) == 16
+    assert split.chunk_size(10**7, 16) * split._MAX_CHUNKS >= 10**7
+
+
+# --- the split mark ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> FilesystemDriver:
+    """A generated tree (40 repositories), with one corrupt tag link, one corrupt
+    revision link and one unparseable manifest, spread so that either process may
+    meet them."""
+    driver = FilesystemDriver(tmp_path / "root")
+    generate(driver, 2000, seed=5)
+    repos = sorted(
+        p.parent.relative_to(driver.root + paths.REPOSITORIES).as_posix()
+        for p in Path(driver.root + paths.REPOSITORIES).rglob("_manifests")
+    )
+    tag_dir = Path(driver.root + paths.tags_dir(repos[3]))
+    tag = next(tag_dir.iterdir())
+    (tag / "current" / "link").write_bytes(b"sha256:nothex")
+    revisions = Path(driver.root + paths.manifest_revisions_dir(repos[20], "sha256"))
+    first, second = sorted(revisions.iterdir())[:2]
+    (first / "link").write_bytes(b"garbage")
+    hex_ = second.name
+    (Path(driver.root + paths.BLOBS) / "sha256" / hex_[:2] / hex_ / "data").write_bytes(b"{")
+    return driver
+
+
+def mark_both(driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple:
+    monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
+    monkeypatch.setattr(scan, "_SPLIT_MIN_MANIFESTS", 4)
+    monkeypatch.setattr(scan, "_SPLIT_REPOSITORIES_CHUNK", 3)
+    monkeypatch.setattr(scan, "_SPLIT_MANIFESTS_CHUNK", 5)
+    monkeypatch.setenv(split.ENV, "1")
+    alone = scan.mark(driver, **kw)  # type: ignore[arg-type]
+    monkeypatch.delenv(split.ENV)
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    forks = 0
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        nonlocal forks
+        forks += 1
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    shared = scan.mark(driver, **kw)  # type: ignore[arg-type]
+    return alone, shared, forks
+
+
+def same(a: scan.MarkResult, b: scan.MarkResult) -> None:
+    assert a.repositories == b.repositories
+    assert a.manifests == b.manifests
+    assert a.untagged_to_delete == b.untagged_to_delete
+    assert set(a.marked) == set(b.marked)
+    assert list(a.unreferenced) == list(b.unreferenced)
+    assert dict(a.layer_links) == dict(b.layer_links)
+    assert sorted(a.uploads) == sorted(b.uploads)
+    assert sorted(a.errors, key=repr) == sorted(b.errors, key=repr)
+    assert a.blob_deletion_blocked == b.blob_deletion_blocked
+    assert a.stats.tags == b.stats.tags
+
+
+@pytest.mark.parametrize("delete_untagged", [False, True])
+def test_a_split_mark_finds_what_a_one_process_mark_finds(
+    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, delete_untagged: bool
+) -> None:
+    alone, shared, forks = mark_both(tree, monkeypatch, delete_untagged=delete_untagged)
+    assert forks == 2  # the repositories, then the manifests
+    same(alone, shared)
+    assert alone.stats.manifests_parsed == shared.stats.manifests_parsed
+    kinds = sorted(e.kind for e in shared.errors)
+    assert kinds.count(scan.CORRUPT_LINK) == 2  # the tag and the revision, once each
+    assert kinds.count(scan.UNPARSEABLE_MANIFEST) == 1
+    assert shared.blob_deletion_blocked
+    assert len(shared.unreferenced) > 0
+
+
+def test_a_split_mark_with_a_reference_cache(
+    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second mark reads every cached entry while the child scans."""
+    cache = scan.DictReferenceCache()
+    alone, shared, _ = mark_both(tree, monkeypatch, reference_cache=cache)
+    same(alone, shared)
+    again = scan.mark(tree, reference_cache=cache)
+    same(alone, again)
+    # Every manifest from the cache but the unparseable one (never cached, read again).
+    assert again.stats.manifests_parsed == 0
+    assert again.stats.manifests_cached == alone.stats.manifests_parsed > 300
