@@ -181,3 +181,61 @@ def test_a_split_mark_with_a_reference_cache(
     # Every manifest from the cache but the unparseable one (never cached, read again).
     assert again.stats.manifests_parsed == 0
     assert again.stats.manifests_cached == alone.stats.manifests_parsed > 300
+
+
+# --- the sweep's candidate stats -------------------------------------------------------
+
+
+def sweep_report(root: Path, db: Path, *, dry_run: bool) -> dict[str, object]:
+    from datetime import timedelta
+
+    from layergc.gc.db import open_index
+    from layergc.gc.sweep import Sweeper, SweepOptions
+
+    driver = FilesystemDriver(root)
+    with open_index(f"sqlite:///{db}") as index:
+        report = Sweeper(driver, index, SweepOptions(dry_run=dry_run, grace=timedelta(0))).run()
+    return report.as_json()
+
+
+def test_a_sweep_with_shared_stats_reports_and_deletes_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both processes stat candidates (a small minimum and chunk); the report, and
+    what a real sweep then deletes, match a one-process sweep of a copy."""
+    import shutil
+
+    from layergc.gc import sweep
+
+    generate(FilesystemDriver(tmp_path / "a"), 2000, seed=9)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
+    monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
+    monkeypatch.setattr(scan, "_SPLIT_MIN_MANIFESTS", 4)
+    monkeypatch.setattr(sweep, "_SPLIT_MIN_STATS", 4)
+    monkeypatch.setattr(sweep, "_SPLIT_STATS_CHUNK", 7)
+    monkeypatch.setattr(sweep, "_INLINE_STAT_SECONDS", 10.0)  # never the thread pool
+    forks = 0
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        nonlocal forks
+        forks += 1
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    shared = [sweep_report(tmp_path / "a", tmp_path / "a.db", dry_run=d) for d in (True, False)]
+    assert forks == 5  # repositories, manifests, stats; repositories, stats (cached)
+    monkeypatch.setattr(split, "can_fork", lambda: False)
+    alone = [sweep_report(tmp_path / "b", tmp_path / "b.db", dry_run=d) for d in (True, False)]
+
+    def essentials(report: dict[str, object]) -> tuple[object, ...]:
+        keys = ("status", "blobs", "uploads", "bytes_reclaimable", "bytes_reclaimed", "errors")
+        return tuple(report[k] for k in keys)
+
+    assert [essentials(r) for r in shared] == [essentials(r) for r in alone]
+    assert len(shared[0]["blobs"]) == 200  # type: ignore[arg-type]
+    assert {b["action"] for b in shared[1]["blobs"]} == {"deleted"}  # type: ignore[attr-defined, index]
+    after_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    after_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
+    assert after_a == after_b

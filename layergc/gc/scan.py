@@ -755,14 +755,8 @@ class _Marker:
         return _Repository(name, markers, valid)
 
     def may_split(self, items: int, minimum: int) -> bool:
-        """Whether to share `items` with a forked child (gc/split.py): on the
-        filesystem, where a mark is CPU-bound, for enough work to pay the fork."""
-        return (
-            self.pool is None
-            and self.driver.name == "filesystem"
-            and items >= minimum
-            and split.can_fork()
-        )
+        """Whether to share `items` with a forked child (gc/split.py)."""
+        return self.pool is None and split.worth_it(self.driver.name, items, minimum)
 
     def scan_repositories(self, repos: list[_Repository]) -> None:
         """scan_repository of each, shared with a forked child if that pays; the

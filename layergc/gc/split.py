@@ -58,6 +58,13 @@ def can_fork() -> bool:
     return cpus > 1
 
 
+def worth_it(driver_name: str, items: int, least: int) -> bool:
+    """Whether sharing `items` pays: on the local filesystem (elsewhere the work
+    waits on the network and threads serve), for at least `least` items (a fork
+    and the pickling cost a few milliseconds), where a fork is allowed."""
+    return driver_name == "filesystem" and items >= least and can_fork()
+
+
 def chunk_size(count: int, least: int) -> int:
     """Items per chunk for `count` items: `least`, or more to stay under _MAX_CHUNKS."""
     return max(least, -(-count // _MAX_CHUNKS))
