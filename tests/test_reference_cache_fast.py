@@ -52,6 +52,17 @@ def test_round_trip_shares_digest_objects(index: Index) -> None:
     assert got[d(1)].blobs[0] is got[d(3)].blobs[0]
 
 
+def test_put_many_stores_what_put_references_of_to_dict_stores(
+    index: Index, tmp_path: Path
+) -> None:
+    index.reference_cache().put_many(CASES)
+    with open_index(str(tmp_path / "other.db")) as other:
+        other.put_references({str(k): v.to_dict() for k, v in CASES.items()})
+        keys = [str(k) for k in CASES]
+        assert sorted(index.reference_rows(keys)) == sorted(other.reference_rows(keys))
+        assert len(list(other.reference_rows(None))) == len(CASES)
+
+
 def test_get_all_gives_every_entry_through_the_interner(index: Index) -> None:
     cache = index.reference_cache()
     assert cache.get_all() == {}

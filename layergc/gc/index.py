@@ -15,6 +15,7 @@ without read-then-write races. Reads of many keys go the same way (`= ANY(array)
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import socket
@@ -877,6 +878,11 @@ class Index:
         (digest, entry) pairs may come from an iterator instead: they are then made and
         written one chunk at a time."""
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
+        return self.put_reference_rows(_reference_row(digest, value) for digest, value in items)
+
+    def put_reference_rows(self, rows: Iterable[tuple[Any, ...]]) -> int:
+        """put_references of rows in the stored form (see reference_rows), made one
+        chunk at a time from an iterator."""
         m = ManifestReferences.__table__.c
         columns = {
             "digest": Text(),
@@ -903,9 +909,8 @@ class Index:
             .on_conflict_do_nothing(index_elements=[m.digest])
         )
         with self.engine.begin() as conn:
-            for chunk in _chunks(items, REFERENCE_WRITE_CHUNK):
-                rows = [_reference_row(digest, value) for digest, value in chunk]
-                conn.execute(stmt, self._bulk_params(columns, rows))
+            for chunk in _chunks(rows, REFERENCE_WRITE_CHUNK):
+                conn.execute(stmt, self._bulk_params(columns, chunk))
                 offered += len(chunk)
         return offered
 
@@ -1016,9 +1021,37 @@ class IndexReferenceCache:
         return found
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:
-        # Entries made as they are written: a first mark's whole set in to_dict form at
-        # once was the peak of that run's memory.
-        self.index.put_references((str(d), r.to_dict()) for d, r in refs.items())
+        # Rows made as they are written (a first mark's whole set in to_dict form at
+        # once was the peak of that run's memory), straight from the ManifestRefs: the
+        # to_dict form cost more than the database's part of the write.
+        self.index.put_reference_rows(_stored_refs(d, r) for d, r in refs.items())
+
+
+def _stored_refs(digest: Digest, refs: Any) -> tuple[Any, ...]:
+    """The stored row of a ManifestRefs: what _reference_row makes of its to_dict."""
+    media_type, kind, blobs, children, subject, unknown = refs
+    return (
+        str(digest),
+        media_type,
+        kind,
+        _digest_text(blobs),
+        _digest_text(children),
+        None if subject is None else str(subject),
+        json_text({"unknown_algorithms": list(unknown)}) if unknown else None,
+    )
+
+
+def _digest_text(digests: Sequence[Digest]) -> str:
+    """The digests as put_references stores them: space-separated strings."""
+    if not digests:
+        return ""
+    # In one C-level join when every one is a sha256 digest (as good as always):
+    # then, and only then, the text is 72 characters a digest (64 hex, the prefix,
+    # a separator).
+    text = "sha256:" + " sha256:".join(map(_HEX, digests))
+    if len(text) == 72 * len(digests) - 1:
+        return text
+    return " ".join(map(str, digests))
 
 
 def _cached_refs(row: Sequence[Any], by_hex: dict[str, Digest]) -> Any:
@@ -1071,6 +1104,7 @@ def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
     return tuple(found)  # type: ignore[arg-type]
 
 
+_HEX: Final = operator.attrgetter("hex")
 _ALGORITHM_OF_LENGTH: Final = {length: name for name, length in ALGORITHMS.items()}
 _ALGORITHM_PREFIX: Final = re.compile("|".join(f"{name}:" for name in ALGORITHMS))
 _ONE_DIGEST: Final = "|".join(f"{name}:[0-9a-f]{{{n}}}" for name, n in ALGORITHMS.items())
