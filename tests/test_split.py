@@ -31,6 +31,7 @@ def run(count: int, size: int, fail_child: str | None = None) -> tuple[list[int]
     """split.share over range(count): which items the parent did, and what the
     child delivered (item -> the child's pid)."""
     parent_did: list[int] = []
+    child_chunks = 0  # counted in the child
 
     def mine(start: int, stop: int) -> None:
         assert os.getpid() == PARENT
@@ -39,9 +40,11 @@ def run(count: int, size: int, fail_child: str | None = None) -> tuple[list[int]
 
     def theirs(start: int, stop: int) -> list[tuple[int, int]]:
         assert os.getpid() != PARENT
-        if fail_child == "raise" and start >= size:
+        nonlocal child_chunks
+        child_chunks += 1
+        if fail_child == "raise" and child_chunks == 2:
             raise RuntimeError("boom")
-        if fail_child == "die" and start >= size:
+        if fail_child == "die" and child_chunks == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return [(i, os.getpid()) for i in range(start, stop)]
 
@@ -64,8 +67,10 @@ def test_a_failed_child_s_chunks_are_done_by_the_parent(
     how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     parent_did, child = run(2000, 5, fail_child=how)
-    assert child == {}  # nothing delivered ...
-    assert sorted(parent_did) == list(range(2000))  # ... all done here, once
+    # The child's first chunk arrived; the one it failed in, and the rest, were
+    # done here, every item once.
+    assert len(child) <= 5
+    assert sorted(parent_did + list(child)) == list(range(2000))
     assert "forked child failed" in caplog.text
 
 
@@ -183,7 +188,7 @@ def test_a_split_mark_with_a_reference_cache(
     assert again.stats.manifests_cached == alone.stats.manifests_parsed > 300
 
 
-# --- the sweep's candidate stats -------------------------------------------------------
+# --- in a sweep ---------------------------------------------------------------------------
 
 
 def sweep_report(root: Path, db: Path, *, dry_run: bool) -> dict[str, object]:
@@ -198,22 +203,17 @@ def sweep_report(root: Path, db: Path, *, dry_run: bool) -> dict[str, object]:
     return report.as_json()
 
 
-def test_a_sweep_with_shared_stats_reports_and_deletes_the_same(
+def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both processes stat candidates (a small minimum and chunk); the report, and
-    what a real sweep then deletes, match a one-process sweep of a copy."""
+    """The report of a dry run and of a real sweep, and what the real sweep deletes,
+    match one-process sweeps of a copy."""
     import shutil
-
-    from layergc.gc import sweep
 
     generate(FilesystemDriver(tmp_path / "a"), 2000, seed=9)
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
     monkeypatch.setattr(scan, "_SPLIT_MIN_MANIFESTS", 4)
-    monkeypatch.setattr(sweep, "_SPLIT_MIN_STATS", 4)
-    monkeypatch.setattr(sweep, "_SPLIT_STATS_CHUNK", 7)
-    monkeypatch.setattr(sweep, "_INLINE_STAT_SECONDS", 10.0)  # never the thread pool
     forks = 0
     real_fork = os.fork
 
@@ -225,7 +225,7 @@ def test_a_sweep_with_shared_stats_reports_and_deletes_the_same(
     monkeypatch.setattr(os, "fork", counting_fork)
     monkeypatch.setattr(split, "can_fork", lambda: True)
     shared = [sweep_report(tmp_path / "a", tmp_path / "a.db", dry_run=d) for d in (True, False)]
-    assert forks == 5  # repositories, manifests, stats; repositories, stats (cached)
+    assert forks == 3  # repositories, manifests; repositories (the manifests are cached)
     monkeypatch.setattr(split, "can_fork", lambda: False)
     alone = [sweep_report(tmp_path / "b", tmp_path / "b.db", dry_run=d) for d in (True, False)]
 

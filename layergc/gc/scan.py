@@ -474,7 +474,9 @@ class _Apart:
 
 
 def _pack_repository(repo: _Repository) -> tuple[Any, ...]:
-    return (
+    """What the child found in `repo`, taken out of it: the child keeps nothing
+    of a chunk once it is written."""
+    packed = (
         list(repo.revisions.items()),
         list(repo.tagged),
         repo.extra_roots,
@@ -483,6 +485,8 @@ def _pack_repository(repo: _Repository) -> tuple[Any, ...]:
         repo.uploads,
         repo.tags,
     )
+    repo.revisions, repo.tagged, repo.extra_roots, repo.layers, repo.uploads = {}, set(), [], [], []
+    return packed
 
 
 def _unpack_repository(
@@ -552,6 +556,7 @@ class _Marker:
         self.loaded: dict[str, _Loaded] = {}
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
         self.prefetched: dict[str, ManifestRefs] | None = None  # see prefetch
+        self.forked = False  # True in a forked child (see apart)
 
     # --- errors & plumbing -------------------------------------------------------
 
@@ -815,6 +820,14 @@ class _Marker:
         result = _Apart()
         first = len(self.errors)
         self.progress = None
+        if not self.forked:
+            # The parent's interner stays untouched: reading its 100,000 strings and
+            # Digests would write their reference counts, and so copy the pages they
+            # sit on into the child (24 MiB at 100,000 blobs). The parent makes its
+            # own strings of what the child sends back anyway.
+            self.forked = True
+            self.interner = _Interner()
+            self.digest = self.interner.digest
         try:
             yield result
         finally:

@@ -27,9 +27,10 @@ import os
 import pickle
 import signal
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -97,33 +98,35 @@ def share(
             mine(start, min(start + size, count))
         return []
     queue = _queue(starts)
-    result_fd, child_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        os.close(result_fd)
-        _child(child_fd, lambda: _claim_all(queue, count, size, theirs))
-    os.close(child_fd)
     done: set[int] = set()
     try:
-        if first is not None:
-            first()
-        for start, stop in _claims(queue, count, size):
-            mine(start, stop)
-            done.add(start)
-        with os.fdopen(result_fd, "rb") as pipe:
-            result_fd = -1
-            payload = pipe.read()
-    except BaseException:
-        _reap(pid, kill=True)
-        if result_fd >= 0:
-            os.close(result_fd)
-        raise
+        # The child writes each chunk's result as soon as it is made (and frees it):
+        # to a file, so that it never waits for the parent, busy with its own chunks.
+        with tempfile.TemporaryFile(prefix="layergc-split-") as results:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child's coverage is not collected
+                _child(results, lambda: _claims(queue, count, size), theirs)
+            try:
+                if first is not None:
+                    first()
+                for start, stop in _claims(queue, count, size):
+                    mine(start, stop)
+                    done.add(start)
+            except BaseException:
+                _reap(pid, kill=True)
+                raise
+            status = _reap(pid, kill=False)
+            results.seek(0)
+            delivered: list[tuple[int, R]] = list(_frames(results))
     finally:
         os.close(queue)
-    status = _reap(pid, kill=False)
-    delivered, reason = _decode(payload, status)
-    if reason:
-        log.warning("mark: the forked child failed (%s); its share is done in-process", reason)
+    if status != 0:
+        log.warning(
+            "mark: the forked child failed (wait status %d, %d chunks delivered); "
+            "the rest of its share is done in-process",
+            status,
+            len(delivered),
+        )
     done.update(start for start, _ in delivered)
     for start in starts:
         if start not in done:
@@ -153,39 +156,39 @@ def _claims(queue: int, count: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, count)
 
 
-def _claim_all(queue: int, count: int, size: int, work: Callable[[int, int], R]) -> object:
-    return [(start, work(start, stop)) for start, stop in _claims(queue, count, size)]
-
-
-def _child(result_fd: int, work: Callable[[], object]) -> None:
-    """Run `work` and send (True, result), or (False, reason); never return."""
+def _child(
+    results: IO[bytes],
+    claims: Callable[[], Iterator[tuple[int, int]]],
+    work: Callable[[int, int], object],
+) -> None:
+    """Write (start, work(start, stop)) of each claimed chunk; never return."""
     code = 1
     try:
         # A Ctrl-C reaches the whole process group: the child just ends (the parent
         # decides what the interrupted run does), and runs none of its handlers.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            payload = pickle.dumps((True, work()), protocol=pickle.HIGHEST_PROTOCOL)
-            code = 0
-        except BaseException as exc:  # sent to the parent, which redoes the work
-            payload = pickle.dumps((False, f"{type(exc).__name__}: {exc}"))
-        with os.fdopen(result_fd, "wb") as pipe:
-            pipe.write(payload)
+        for start, stop in claims():
+            pickle.dump((start, work(start, stop)), results, pickle.HIGHEST_PROTOCOL)
+        results.flush()
+        code = 0
+    except BaseException:  # the parent sees the status, and redoes what is missing
+        logging.getLogger(__name__).exception("mark: forked child")
     finally:
         # No atexit handlers, no flush of buffers inherited from the parent.
         os._exit(code)
 
 
-def _decode(payload: bytes, status: int) -> tuple[list[tuple[int, R]], str]:
-    """The child's delivered chunks, and why it failed ('' if it did not)."""
-    if not payload:
-        return [], f"no result, wait status {status}"
-    try:
-        ok, value = pickle.loads(payload)  # our own child's bytes, through our own pipe
-    except Exception as exc:  # torn: the child died while writing
-        return [], f"unreadable result ({exc}), wait status {status}"
-    return (value, "") if ok else ([], str(value))
+def _frames(results: IO[bytes]) -> Iterator[Any]:
+    """The child's frames, up to the first incomplete one (it died writing it)."""
+    while True:
+        try:
+            yield pickle.load(results)  # our own child's bytes, in our own file
+        except EOFError:
+            return
+        except Exception as exc:
+            log.warning("mark: a forked child's last result is torn (%s)", exc)
+            return
 
 
 def _reap(pid: int, *, kill: bool) -> int:

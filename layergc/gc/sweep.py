@@ -54,7 +54,7 @@ from typing import Any, Protocol
 from layergc.digest import Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
-from layergc.gc import scan, snapshot, split
+from layergc.gc import scan, snapshot
 from layergc.gc.crashpoints import crash_point
 from layergc.gc.quarantine import (
     Quarantine,
@@ -91,9 +91,6 @@ class BlobCache(Protocol):
 # are answered from memory: no thread pool (_stat_blobs). A stat that reads the disk
 # takes 100 us and more; one from the page cache 10 to 40 us on a busy machine.
 _INLINE_STAT_SECONDS = 150e-6
-# Candidates to stat before a forked child takes a share (gc/split.py), and per chunk.
-_SPLIT_MIN_STATS = 2048
-_SPLIT_STATS_CHUNK = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,29 +562,19 @@ class Sweeper:
 
         # The first chunk in this thread tells what a stat costs: answered from
         # memory (a warm page cache, an S3 listing snapshot), threads would only
-        # fight over the GIL (at 100,000 blobs, 8 threads took 3x the CPU of one),
-        # but a forked child (gc/split.py) takes half on the filesystem; waiting on
-        # a disk or the network, threads overlap the waits.
+        # fight over the GIL (at 100,000 blobs, 8 threads took 3x the CPU of one);
+        # waiting on a disk or the network, they overlap the waits. (A forked child,
+        # as the mark has, saved 0.1 s at 100,000 blobs but copied 17 MiB of this
+        # process's pages, at its peak of memory: see gc/split.py.)
         started = time.perf_counter()
         collect(some(chunks[0]) if chunks else [])
-        if len(chunks) < 2:
-            return results
-        if (time.perf_counter() - started) / len(chunks[0]) >= _INLINE_STAT_SECONDS:
+        if chunks and (time.perf_counter() - started) / len(chunks[0]) < _INLINE_STAT_SECONDS:
+            for chunk in chunks[1:]:
+                collect(some(chunk))
+        elif len(chunks) > 1:
             with ThreadPoolExecutor(max_workers=self.options.workers) as pool:
                 for part in pool.map(some, chunks[1:]):
                     collect(part)
-            return results
-        rest = digests[len(chunks[0]) :]
-
-        def theirs(start: int, stop: int) -> list[tuple[int, bool] | str | None]:
-            return [value for _digest, value in some(rest[start:stop])]
-
-        step = split.chunk_size(len(rest), _SPLIT_STATS_CHUNK)
-        if not split.worth_it(self.view.name, len(rest), _SPLIT_MIN_STATS):
-            step = len(rest)  # one chunk: all of it here
-        shared = split.share(len(rest), step, lambda a, b: collect(some(rest[a:b])), theirs)
-        for start, values in shared:
-            collect(list(zip(rest[start : start + step], values, strict=True)))
         return results
 
     # --- the delete protocol ----------------------------------------------------
