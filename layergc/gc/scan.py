@@ -556,7 +556,6 @@ class _Marker:
         self.loaded: dict[str, _Loaded] = {}
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
         self.prefetched: dict[str, ManifestRefs] | None = None  # see prefetch
-        self.forked = False  # True in a forked child (see apart)
 
     # --- errors & plumbing -------------------------------------------------------
 
@@ -820,14 +819,6 @@ class _Marker:
         result = _Apart()
         first = len(self.errors)
         self.progress = None
-        if not self.forked:
-            # The parent's interner stays untouched: reading its 100,000 strings and
-            # Digests would write their reference counts, and so copy the pages they
-            # sit on into the child (24 MiB at 100,000 blobs). The parent makes its
-            # own strings of what the child sends back anyway.
-            self.forked = True
-            self.interner = _Interner()
-            self.digest = self.interner.digest
         try:
             yield result
         finally:

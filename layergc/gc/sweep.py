@@ -564,8 +564,8 @@ class Sweeper:
         # memory (a warm page cache, an S3 listing snapshot), threads would only
         # fight over the GIL (at 100,000 blobs, 8 threads took 3x the CPU of one);
         # waiting on a disk or the network, they overlap the waits. (A forked child,
-        # as the mark has, saved 0.1 s at 100,000 blobs but copied 17 MiB of this
-        # process's pages, at its peak of memory: see gc/split.py.)
+        # as the mark has, copied 17 MiB of this process's pages at 100,000 blobs,
+        # at the run's peak of memory: see gc/split.py.)
         started = time.perf_counter()
         collect(some(chunks[0]) if chunks else [])
         if chunks and (time.perf_counter() - started) / len(chunks[0]) < _INLINE_STAT_SECONDS:
