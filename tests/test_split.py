@@ -48,8 +48,13 @@ def run(count: int, size: int, fail_child: str | None = None) -> tuple[list[int]
             os.kill(os.getpid(), signal.SIGKILL)
         return [(i, os.getpid()) for i in range(start, stop)]
 
-    delivered = split.share(count, size, mine, theirs)
-    child = {i: pid for _start, items in delivered for i, pid in items}
+    child: dict[int, int] = {}
+
+    def deliver(start: int, items: list[tuple[int, int]]) -> None:
+        assert os.getpid() == PARENT and items[0][0] == start
+        child.update(items)
+
+    split.share(count, size, mine, theirs, deliver)
     return parent_did, child
 
 
@@ -89,6 +94,7 @@ def test_first_runs_in_the_parent_before_its_chunks() -> None:
         1,
         lambda start, stop: order.append("chunk"),
         lambda start, stop: None,
+        lambda start, result: None,
         first=lambda: order.append("first"),
     )
     assert order[0] == "first"
@@ -126,9 +132,7 @@ def tree(tmp_path: Path) -> FilesystemDriver:
 
 def mark_both(driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple:
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
-    monkeypatch.setattr(scan, "_SPLIT_MIN_MANIFESTS", 4)
     monkeypatch.setattr(scan, "_SPLIT_REPOSITORIES_CHUNK", 3)
-    monkeypatch.setattr(scan, "_SPLIT_MANIFESTS_CHUNK", 5)
     monkeypatch.setenv(split.ENV, "1")
     alone = scan.mark(driver, **kw)  # type: ignore[arg-type]
     monkeypatch.delenv(split.ENV)
@@ -164,7 +168,7 @@ def test_a_split_mark_finds_what_a_one_process_mark_finds(
     tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, delete_untagged: bool
 ) -> None:
     alone, shared, forks = mark_both(tree, monkeypatch, delete_untagged=delete_untagged)
-    assert forks == 2  # the repositories, then the manifests
+    assert forks == 1
     same(alone, shared)
     assert alone.stats.manifests_parsed == shared.stats.manifests_parsed
     kinds = sorted(e.kind for e in shared.errors)
@@ -213,7 +217,6 @@ def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     generate(FilesystemDriver(tmp_path / "a"), 2000, seed=9)
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
-    monkeypatch.setattr(scan, "_SPLIT_MIN_MANIFESTS", 4)
     forks = 0
     real_fork = os.fork
 
@@ -225,7 +228,7 @@ def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     monkeypatch.setattr(os, "fork", counting_fork)
     monkeypatch.setattr(split, "can_fork", lambda: True)
     shared = [sweep_report(tmp_path / "a", tmp_path / "a.db", dry_run=d) for d in (True, False)]
-    assert forks == 3  # repositories, manifests; repositories (the manifests are cached)
+    assert forks == 2  # one a mark
     monkeypatch.setattr(split, "can_fork", lambda: False)
     alone = [sweep_report(tmp_path / "b", tmp_path / "b.db", dry_run=d) for d in (True, False)]
 

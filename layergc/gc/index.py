@@ -867,6 +867,12 @@ class Index:
                 for rows in conn.execute(query, self._members(chunk)).partitions(500):
                     yield from rows
 
+    def reference_count(self) -> int:
+        """How many manifests the reference cache holds."""
+        query = select(func.count()).select_from(ManifestReferences)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def put_references(
         self,
         mapping: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]],
@@ -1008,6 +1014,9 @@ class IndexReferenceCache:
 
     def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Any, Any]:
         return self._entries(self.index.reference_rows(None), {} if intern is None else intern)
+
+    def count(self) -> int:
+        return self.index.reference_count()
 
     @staticmethod
     def _entries(rows: Iterable[Sequence[Any]], by_hex: dict[str, Digest]) -> dict[Any, Any]:

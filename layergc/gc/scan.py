@@ -153,7 +153,8 @@ class ReferenceCache(Protocol):
         ...
 
     def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Digest, ManifestRefs]:
-        """Every entry (as get_many)."""
+        """Every entry (as get_many). Optional, as `count() -> int` (how many entries)
+        is: a cache without them is read as before, by get_many after the scan."""
         ...
 
     def put_many(self, refs: Mapping[Digest, ManifestRefs]) -> None: ...
@@ -173,6 +174,9 @@ class DictReferenceCache:
 
     def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Digest, ManifestRefs]:
         return dict(self.entries)
+
+    def count(self) -> int:
+        return len(self.entries)
 
     def put_many(self, refs: Mapping[Digest, ManifestRefs]) -> None:
         self.entries.update(refs)
@@ -418,11 +422,9 @@ _EMPTY_LINK_RETRY_SECONDS = 0.01
 _BATCH = 512
 # Below these, a forked child (gc/split.py) costs more than its share saves.
 _SPLIT_MIN_REPOSITORIES = 256
-_SPLIT_MIN_MANIFESTS = 2048
-# Items per chunk of shared work: small enough to balance, large enough that a
-# claim (one pipe read) and the packing cost little.
+# Repositories per chunk of shared work: small enough to balance, large enough
+# that a claim (one pipe read) and the writing of its result cost little.
 _SPLIT_REPOSITORIES_CHUNK = 16
-_SPLIT_MANIFESTS_CHUNK = 64
 # What a forked child sends back for one manifest (see _pack_outcome).
 _Packed = tuple[Any, ...] | str
 
@@ -556,6 +558,8 @@ class _Marker:
         self.loaded: dict[str, _Loaded] = {}
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
         self.prefetched: dict[str, ManifestRefs] | None = None  # see prefetch
+        self.parsed: set[str] = set()  # manifests parse_revisions read in this process
+        self.fresh: list[str] = []  # manifests parsed, not yet offered to the cache
 
     # --- errors & plumbing -------------------------------------------------------
 
@@ -644,14 +648,18 @@ class _Marker:
     def mark(self) -> MarkResult:
         started_at = datetime.now(UTC)
         t = time.perf_counter()
-        # Blobs first: a blob written after its listing is simply not a
-        # candidate, and the listing doubles as the manifests' existence check.
-        self.blob_hexes = self.list_blobs()
-        t = self.timed("blobs", t)
         repos = self.find_repositories()
         t = self.timed("repositories", t)
+        # Links before the blob listing: a forked child (gc/split.py) then starts
+        # while this process is small, and copies less of it. The order does not
+        # decide safety: whatever a push writes while a mark runs, in either order,
+        # a blob can be listed while the manifest that needs it is not yet read.
+        # What saves that blob is the sweep: its grace window, and the re-check of
+        # everything linked since `started_at` before a delete (DESIGN.md).
         self.scan_repositories(repos)
         t = self.timed("links", t)
+        self.blob_hexes = self.list_blobs()
+        t = self.timed("blobs", t)
         self.load_refs(self.wanted_manifests(repos))
         t = self.timed("manifests", t)
         entries, to_delete, kept = self.keep(repos)
@@ -683,8 +691,12 @@ class _Marker:
                 if not _all_hex(names, length, prefix):
                     names = self.valid_names(names, length, folder, None, "blob", prefix)
                 for name in names:
-                    interner[name] = make_digest(algorithm, name)
-                hexes.extend(names)
+                    # The string and Digest the links' reading made, if any: one each.
+                    d = interner.get(name)
+                    if d is None:
+                        name = sys.intern(name)
+                        d = interner[name] = make_digest(algorithm, name)
+                    hexes.append(d.hex)
                 if i % 32 == 31:
                     self.report("blobs", len(hexes), None)
         self.report("blobs", len(hexes), len(hexes))
@@ -772,27 +784,67 @@ class _Marker:
             self.report("repositories", len(repos), len(repos))
             return
         scanned = 0
+        # With no cached references (a first mark), the manifests are parsed here
+        # too, each by the process that found its revision, rather than after.
+        parse = self.cache_is_cold()
 
         def scan_mine(start: int, stop: int) -> None:
             nonlocal scanned
             for repo in repos[start:stop]:
                 self.scan_repository(repo)
+                if parse:
+                    for h, outcome in self.parse_revisions(repo):
+                        self.loaded[h] = outcome
+                        self.fresh.append(h)
             scanned += stop - start
             self.report("repositories", scanned, len(repos))
 
-        def scan_theirs(start: int, stop: int) -> tuple[list[tuple[Any, ...]], list[ScanError]]:
+        def scan_theirs(start: int, stop: int) -> tuple[Any, ...]:
             with self.apart() as apart:
-                packed = [_pack_repository(self.scan_repository(r)) for r in repos[start:stop]]
-            return packed, apart.errors
+                packed, parsed = [], []
+                for repo in repos[start:stop]:
+                    self.scan_repository(repo)
+                    if parse:
+                        parsed += [(h, _pack_outcome(o)) for h, o in self.parse_revisions(repo)]
+                    packed.append(_pack_repository(repo))
+            return packed, parsed, apart.errors
 
-        size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
-        delivered = split.share(len(repos), size, scan_mine, scan_theirs, first=self.prefetch)
-        canon = self.interner.canon
-        for start, (packed, errors) in delivered:
+        canon, digest = self.interner.canon, self.digest
+
+        def deliver(start: int, result: tuple[Any, ...]) -> None:
+            packed, parsed, errors = result
             for repo, fields in zip(repos[start : start + size], packed, strict=True):
                 _unpack_repository(repo, fields, canon)
+            for h, outcome in parsed:
+                h = canon(h)
+                if h not in self.loaded:  # (both processes may parse one manifest)
+                    self.loaded[h] = _unpack_outcome(outcome, digest)
+                    self.fresh.append(h)
             self.adopt(errors)
+
+        size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
+        split.share(len(repos), size, scan_mine, scan_theirs, deliver, first=self.prefetch)
         self.report("repositories", len(repos), len(repos))
+
+    def cache_is_cold(self) -> bool:
+        """Whether the reference cache is absent or empty (a cache that cannot say
+        counts as warm: the manifests are then parsed after the scan, as always)."""
+        if self.cache is None:
+            return True
+        count = getattr(self.cache, "count", None)
+        try:
+            return count is not None and count() == 0
+        except Exception:  # a failing cache shows again, and is reported, in load_refs
+            return False
+
+    def parse_revisions(self, repo: _Repository) -> list[tuple[str, _Loaded]]:
+        """read_manifest of each revision of `repo` not parsed yet in this process."""
+        parsed = []
+        for h in repo.revisions:
+            if h not in self.loaded and h not in self.parsed:
+                self.parsed.add(h)
+                parsed.append((h, self.read_manifest(h, repo.name)))
+        return parsed
 
     def prefetch(self) -> None:
         """Read every entry of the reference cache now (while a forked child scans
@@ -808,8 +860,10 @@ class _Marker:
         self.prefetched = {d.hex: refs for d, refs in entries.items()}
 
     def adopt(self, errors: list[ScanError]) -> None:
-        """Errors a forked child reported (see apart)."""
-        self.errors.extend(errors)
+        """Errors a forked child reported (see apart), but those this process
+        reported too (both may parse one manifest shared by their repositories)."""
+        known = set(self.errors)
+        self.errors.extend(e for e in errors if e not in known)
         self.blocked |= any(e.blocking for e in errors)
 
     @contextlib.contextmanager
@@ -948,34 +1002,31 @@ class _Marker:
         return list(owner)
 
     def load_refs(self, hexes: list[str]) -> None:
-        """Fill self.loaded for `hexes`: from the cache, else read and parse."""
+        """Fill self.loaded for `hexes`: from the cache, else read and parse. What
+        was parsed since the last call (here, or along the scan) goes to the cache."""
         loaded = self.loaded
         todo = [h for h in hexes if h not in loaded]
-        if not todo:
-            return
-        if self.prefetched is not None:
-            prefetched, self.prefetched = self.prefetched, None
-            cached = {self.digest(h): r for h in todo if (r := prefetched.get(h)) is not None}
-        else:
-            cached = self.cache_get([self.digest(h) for h in todo])
-        if cached:
-            for d, refs in cached.items():
-                # The listing stands for an existence check; a blob not listed
-                # (written since, or read through an overlay) is checked directly.
-                if self.is_listed(d.hex) or self.blob_exists(d):
-                    loaded[d.hex] = refs
-            self.stats.manifests_cached += len(cached)
-            todo = [h for h in todo if h not in loaded]
-        if self.may_split(len(todo), _SPLIT_MIN_MANIFESTS):
-            self.read_manifests_split(todo)
-        else:
+        if todo:
+            if self.prefetched is not None:
+                prefetched, self.prefetched = self.prefetched, None
+                cached = {self.digest(h): r for h in todo if (r := prefetched.get(h)) is not None}
+            else:
+                cached = self.cache_get([self.digest(h) for h in todo])
+            if cached:
+                for d, refs in cached.items():
+                    # The listing stands for an existence check; a blob not listed
+                    # (written since, or read through an overlay) is checked directly.
+                    if self.is_listed(d.hex) or self.blob_exists(d):
+                        loaded[d.hex] = refs
+                self.stats.manifests_cached += len(cached)
+                todo = [h for h in todo if h not in loaded]
             self.read_manifests(todo)
-        parsed = sum(1 for h in todo if isinstance(loaded[h], ManifestRefs))
-        self.stats.manifests_parsed += parsed
-        if parsed and self.cache is not None:
-            self.cache_put(
-                {self.digest(h): r for h in todo if isinstance(r := loaded[h], ManifestRefs)}
-            )
+            self.fresh += todo
+        fresh, self.fresh = self.fresh, []
+        parsed = {self.digest(h): r for h in fresh if isinstance(r := loaded[h], ManifestRefs)}
+        self.stats.manifests_parsed += len(parsed)
+        if parsed:
+            self.cache_put(parsed)
 
     def read_manifests(self, hexes: list[str]) -> None:
         """read_manifest of each into self.loaded, a batch at a time."""
@@ -987,34 +1038,10 @@ class _Marker:
                 loaded[h] = outcome
             self.report("manifests", min(start + _BATCH, len(hexes)), len(hexes))
 
-    def read_manifests_split(self, hexes: list[str]) -> None:
-        """read_manifests, shared with a forked child."""
-        read = 0
-
-        def read_mine(start: int, stop: int) -> None:
-            nonlocal read
-            for h in hexes[start:stop]:
-                self.loaded[h] = self.read_manifest(h)
-            read += stop - start
-            self.report("manifests", read, len(hexes))
-
-        def read_theirs(start: int, stop: int) -> tuple[list[_Packed], list[ScanError]]:
-            with self.apart() as apart:
-                packed = [_pack_outcome(self.read_manifest(h)) for h in hexes[start:stop]]
-            return packed, apart.errors
-
-        size = split.chunk_size(len(hexes), _SPLIT_MANIFESTS_CHUNK)
-        loaded, digest = self.loaded, self.digest
-        for start, (packed, errors) in split.share(len(hexes), size, read_mine, read_theirs):
-            for h, outcome in zip(hexes[start : start + size], packed, strict=True):
-                loaded[h] = _unpack_outcome(outcome, digest)
-            self.adopt(errors)
-        self.report("manifests", len(hexes), len(hexes))
-
-    def read_manifest(self, hex_: str) -> _Loaded:
+    def read_manifest(self, hex_: str, repository: str | None = None) -> _Loaded:
         d = self.digest(hex_)
         path = paths.blob_data(d)
-        repository = self.owner.get(hex_)
+        repository = repository or self.owner.get(hex_)
         try:
             content = self.read_bounded(path)
         except PathNotFound:

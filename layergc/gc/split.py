@@ -76,16 +76,18 @@ def share(
     size: int,
     mine: Callable[[int, int], None],
     theirs: Callable[[int, int], R],
+    deliver: Callable[[int, R], None],
     *,
     first: Callable[[], None] | None = None,
-) -> list[tuple[int, R]]:
+) -> None:
     """Run every chunk [start, stop) of range(count), `size` items each, once.
 
     A forked child runs `theirs(start, stop)` on the chunks it claims and sends
     back what it returns; this process runs `first()`, then `mine(start, stop)`
-    on the chunks it claims, and returns the child's [(start, result)], for the
-    caller to apply. Without a fork (can_fork() is False), or when the child
-    fails, `mine` runs here on every chunk the child did not deliver.
+    on the chunks it claims, then `deliver(start, result)` for each chunk of the
+    child's, one at a time (never all of them held at once). Without a fork
+    (can_fork() is False), or when the child fails, `mine` runs here on every
+    chunk the child did not deliver.
 
     What `theirs` returns must pickle, and must be all the caller needs of it: its
     effects on memory stay in the child. It must not write to shared resources
@@ -96,7 +98,7 @@ def share(
             first()
         for start in starts:
             mine(start, min(start + size, count))
-        return []
+        return
     queue = _queue(starts)
     done: set[int] = set()
     try:
@@ -117,7 +119,11 @@ def share(
                 raise
             status = _reap(pid, kill=False)
             results.seek(0)
-            delivered: list[tuple[int, R]] = list(_frames(results))
+            delivered = 0
+            for start, result in _frames(results):
+                deliver(start, result)
+                done.add(start)
+                delivered += 1
     finally:
         os.close(queue)
     if status != 0:
@@ -125,13 +131,11 @@ def share(
             "mark: the forked child failed (wait status %d, %d chunks delivered); "
             "the rest of its share is done in-process",
             status,
-            len(delivered),
+            delivered,
         )
-    done.update(start for start, _ in delivered)
     for start in starts:
         if start not in done:
             mine(start, min(start + size, count))
-    return delivered
 
 
 def _queue(starts: range) -> int:
