@@ -69,12 +69,31 @@ revisions. With the in-memory cache the restart ends every such request. With
 Redis the settle waits `--settle`, clears the keys again and waits again, so
 that request would have to spend longer than the settle between its check and
 its write: the settle is the bound, configurable for slow storage.
+
+A manifest pushed again between the mark and (1)
+-------------------------------------------------
+The mark saw no revision naming it, so its blob is doomed and held from (1)
+until the re-check puts it back, a settle later. Meanwhile the registry does not
+find the manifest: GET answers 404, and so does DELETE, which stats the blob
+before it removes the revision link and so leaves the link in place. A client
+that takes that 404 for "deleted" keeps a revision it meant to delete; the
+workers once did, and deleting an index's children after it left a live index
+whose children had no revision (a monitor sighting, healed by the next push of
+the index). The workers now judge a DELETE's 404 by storage (pushers.Client.delete):
+the link still there, they send it again; the figures count these.
+
+Logs: the registry logs every request (JSON, `registry/registry.log`), the
+workers every push and DELETE (`ops.log`), layergc its runs (`serve.log`; the
+runs' reports are in `index.db`), all in UTC; the paths are printed first, and a
+sighting's failure message carries what the clients and the registry did to the
+images concerned (`trail`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -93,10 +112,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from layergc.digest import Digest
 from layergc.gc.run import UNSAFE_NO_CACHE_INVALIDATION
+from layergc.storage import paths
 from tests.support import images
 from tests.support.components import free_port, require_binary, require_redis
-from tests.support.goregistry import GoRegistry
+from tests.support.goregistry import GoRegistry, RegistryHTTPError
 from tests.support.pushers import (
     Client,
     OpLog,
@@ -108,6 +129,7 @@ from tests.support.pushers import (
     on_disk,
     probe,
     run_workers,
+    utc_now,
 )
 from tests.support.restart_registry import RestartServer
 from tests.support.serve import spawn_serve
@@ -340,13 +362,14 @@ class BreakMonitor:
     """Reads storage every second while the pushes go on: a blob some revision needs
     that is in neither the blob store nor the quarantine is a broken image, even if
     a later push heals it before the final pulls. A sighting counts once a second
-    reading, half a second later, agrees (a move can fall between two listings)."""
+    reading, half a second later, agrees (a move can fall between two listings).
+    Each is kept as (seconds since the start, UTC time as the logs write it, what
+    was broken), to be matched with the clients', the registry's and layergc's logs."""
 
-    def __init__(self, root: Path, log: Path | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.log = log
         self.scans = 0
-        self.sightings: list[tuple[float, list[str]]] = []
+        self.sightings: list[tuple[float, str, list[str]]] = []
         self.failure: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="break-monitor", daemon=True)
@@ -376,25 +399,7 @@ class BreakMonitor:
                 lost = suspects & read_storage(self.root).broken
                 if lost:
                     at = round(time.monotonic() - self._started, 1)
-                    self.sightings.append((at, sorted(lost)))
-                    self._note(at, sorted(lost))
-
-    def _note(self, at: float, lost: list[str]) -> None:
-        # DIAGNOSTIC (temporary): the revision folders of the repositories concerned.
-        if self.log is None:
-            return
-        v2 = self.root / "docker" / "registry" / "v2" / "repositories"
-        revs = {}
-        for repo in {item.split("@")[0] for item in lost}:
-            folder = v2 / repo / "_manifests" / "revisions" / "sha256"
-            for h in _names(folder):
-                link = folder / h / "link"
-                try:
-                    revs[f"{repo}@{h[:12]}"] = round(link.stat().st_mtime, 3)
-                except FileNotFoundError:
-                    revs[f"{repo}@{h[:12]}"] = None
-        with self.log.open("a") as out:
-            out.write(json.dumps({"time": round(time.time(), 3), "at": at, "lost": lost, "revisions": revs}) + "\n")
+                    self.sightings.append((at, utc_now(), sorted(lost)))
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -663,7 +668,8 @@ class Figures:
         return (
             f"[online {self.variant}] pushes {s.pushes} (new tags {s.new_tags}, retags "
             f"{s.retags}, re-pushes of collected images {s.repushes}), manifest deletes "
-            f"{s.deletes}, abandoned uploads {s.uploads_abandoned}, push retries "
+            f"{s.deletes} (sent again after a 404 while a sweep held the manifest "
+            f"{s.deletes_held}), abandoned uploads {s.uploads_abandoned}, push retries "
             f"{s.push_retries}, push failures {s.push_failures}; sweeps {self.sweeps} "
             f"({self.sweeps_deleting} deleting; tag-without-revision reports "
             f"{self.benign_reports}), blobs deleted {self.blobs_deleted}, bytes "
@@ -675,6 +681,30 @@ class Figures:
             f"seen {len(self.monitor.sightings)}; pulls {self.pulls}, failed pulls "
             f"{len(self.failed_pulls)}; seconds {self.seconds}"
         )
+
+
+def trail(ops: Path, registry_log: Path, broken: Iterable[str], limit: int = 60) -> str:
+    """For a failure message: what the clients (`ops`, an OpLog) and the registry
+    (its request log) did in the repositories of `broken` ("repo@digest ..." items)
+    to the images holding those digests, in time order (UTC, as in serve.log)."""
+    broken = list(broken)
+    repos = {item.split("@")[0] for item in broken}
+    digests = {m for item in broken for m in re.findall(r"sha256:[0-9a-f]{64}", item)}
+    records = [json.loads(line) for line in ops.read_text().splitlines()] if ops.exists() else []
+    records = [r for r in records if r["repo"] in repos]
+    images = {r["image"] for r in records if digests & {r.get("digest"), *r.get("digests", ())}}
+    records = [r for r in records if r["image"] in images]
+    digests |= {d for r in records for d in r.get("digests", ())}
+    events = [(r["start"], f"client {json.dumps(r)}") for r in records]
+    with registry_log.open(errors="replace") as log:
+        for line in log:
+            if "http.request.uri" not in line or not any(d in line for d in digests):
+                continue
+            req = json.loads(line)
+            if req["http.request.uri"].split("/manifests/")[0].removeprefix("/v2/") in repos:
+                request = f"{req['http.request.method']} {req['http.request.uri']}"
+                events.append((req["time"], f"registry {request} {req['http.response.status']}"))
+    return "\n".join(f"{when} {what}" for when, what in sorted(events)[-limit:])
 
 
 def what_must_pull(workers: list[Worker]) -> list[tuple[str, str, bool]]:
@@ -721,8 +751,9 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
     with environment(tmp_path, cache) as env, layergc_serve(env) as daemon:
         reg = env.registry
         seconds["setup"] = time.monotonic() - t0
-        oplog = OpLog(tmp_path / "ops.log")
-        print(f"logs: {tmp_path}/{{registry/registry.log,serve.log,ops.log,monitor.log}}")
+        ops_log = tmp_path / "ops.log"
+        oplog = OpLog(ops_log)
+        print(f"[online {cache}] logs: {ops_log}, {reg.log_path}, {daemon.log}")
         workers = [
             Worker(
                 reg,
@@ -736,7 +767,7 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
             )
             for n in range(WORKERS)
         ]
-        prober = Client(reg, tmp_path / "probe-layout", oplog=oplog)
+        prober = Client(reg, tmp_path / "probe-layout", root=env.root, oplog=oplog)
         probed: list[ProbeResult] = []
         probe_thread = threading.Thread(
             target=lambda: probed.append(
@@ -745,7 +776,7 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
             name="probe",
             daemon=True,
         )
-        with BreakMonitor(env.root, tmp_path / "monitor.log") as monitor:
+        with BreakMonitor(env.root) as monitor:
             probe_thread.start()
             stats = run_workers(workers, PUSH_SECONDS, threading.Event())
             probe_thread.join(timeout=60)
@@ -809,12 +840,18 @@ def test_sweeping_while_the_registry_takes_pushes(tmp_path: Path, cache: str) ->
         print(figures.line())
 
         assert len(figures.failed_pulls) == 0, figures.failed_pulls
-        assert monitor.sightings == [], f"images broken while pushing: {monitor.sightings}"
+        assert monitor.sightings == [], (
+            f"images broken while pushing: {monitor.sightings}\n"
+            + trail(ops_log, reg.log_path, (i for *_, lost in monitor.sightings for i in lost))
+        )
         assert wrong_tags == []
         for repo, (have, want) in tag_lists.items():
             assert sorted(set(have) - {t for r, t in dangling if r == repo}) == want, repo
         assert cache == "inmemory" or not dangling, dangling
-        assert view.broken == set(), f"revisions lack blobs or links: {sorted(view.broken)}"
+        assert view.broken == set(), (
+            f"revisions lack blobs or links: {sorted(view.broken)}\n"
+            + trail(ops_log, reg.log_path, view.broken)
+        )
         assert view.garbage == set(), f"garbage left: {sorted(view.garbage)}; final {report}"
         assert clean(report["status"], report["errors"]) and report["blobs"] == [], report
         assert remembered == [], f"the registry still answers for deleted blobs: {remembered}"
@@ -861,7 +898,7 @@ def test_without_cache_invalidation_the_probe_breaks_an_image(tmp_path: Path) ->
         layergc_serve(env) as daemon,
         BreakMonitor(env.root) as monitor,
     ):
-        client = Client(env.registry, tmp_path / "probe-layout")
+        client = Client(env.registry, tmp_path / "probe-layout", root=env.root)
         result = probe(
             client, probe_image, PROBE_REPO, root=env.root, collected=env.index.collected
         )
@@ -883,5 +920,49 @@ def test_without_cache_invalidation_the_probe_breaks_an_image(tmp_path: Path) ->
     # Even the manifest blob: the registry's Put asked the same stale cache and did not
     # write it, so storage holds a revision link to nothing, which the storage check sees.
     assert view.missing == {probe_image.digest}
-    assert [lost for _, lost in monitor.sightings][:1] == [[probe_image.digest]]
+    assert [lost for *_, lost in monitor.sightings][:1] == [[probe_image.digest]]
     assert len(figures.failed_pulls) == 1
+
+
+# --- what the workers do when a sweep holds a manifest ------------------------------------------
+
+
+def test_a_manifest_delete_refused_while_a_sweep_holds_its_blob_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The cause of a sighting in the Redis run (an index live, its child with no
+    revision, for 3 s): a manifest pushed again between a sweep's mark and its step
+    (1) has its blob held until the re-check, and meanwhile Go's manifest DELETE
+    answers 404 and keeps the revision link. The workers took that for "deleted",
+    went on to the children, and left the index live without them. Now they send
+    the DELETE again until the link is gone (pushers.Client.delete)."""
+    require_binary("docker-registry")
+    require_binary("skopeo")
+    index = next(i for i in build_pool(tmp_path / "layout") if i.multi)
+    repo = "online/held"
+    # No blob cache: the registry asks storage, as after layergc cleared the keys.
+    with GoRegistry(tmp_path / "root", workdir=tmp_path / "registry") as reg:
+        root = tmp_path / "root"
+        client = Client(reg, tmp_path / "layout", root=root)
+        assert client.push(index, repo, "t0")
+        folder = paths.blob_dir(Digest.parse(index.digest))
+        blob, held = (root / p.lstrip("/") for p in (folder, paths.quarantined(1, folder)))
+        held.parent.mkdir(parents=True)
+        blob.rename(held)  # layergc's step (1) on the index's blob
+
+        with pytest.raises(RegistryHTTPError) as refused:
+            reg.delete_manifest(repo, index.digest)
+        assert refused.value.status == 404
+        assert read_storage(root).revisions == 3  # the index's link stayed
+
+        deleting = threading.Thread(target=client.delete, args=(repo, index), daemon=True)
+        deleting.start()
+        time.sleep(1.0)
+        view = read_storage(root)
+        assert deleting.is_alive() and view.revisions == 3 and view.broken == set()
+        held.rename(blob)  # the re-check puts it back
+        deleting.join(timeout=30)
+        assert not deleting.is_alive()
+        view = read_storage(root)
+        assert (view.revisions, view.broken) == (0, frozenset())
+        assert client.stats.deletes == 3 and client.stats.deletes_held >= 2

@@ -16,7 +16,8 @@ another may be pushing again right then. Its operations, picked at random
 - push: a pool image to a free tag (a new image sharing layers with others);
 - retag: a different image to an existing tag (the old revision stays, untagged);
 - delete: `DELETE /v2/<repo>/manifests/<digest>` of a live revision (an index
-  with its children), which removes its tags and makes its unique blobs garbage;
+  with its children), which removes its tags and makes its unique blobs garbage
+  (see `Client.delete` for the 404 a sweep can cause);
 - abandon: an upload started (POST) and PATCHed, never finished;
 - re-push: an image deleted earlier whose blobs a sweep has collected since
   (layergc's index lists them as deleted and they are gone from storage), pushed
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +53,10 @@ T = TypeVar("T")
 TAGS = tuple(f"t{i}" for i in range(5))  # few tags per repository: retags are frequent
 PUSH_ATTEMPTS = 6
 HTTP_ATTEMPTS = 8
+# How long a manifest DELETE may keep answering 404 while the revision link stays
+# (Client.delete): a sweep holds a blob for its settle (twice --settle) and re-check,
+# seconds in these tests; longer means the manifest's blob is really lost.
+HELD_SECONDS = 30
 Collected = Callable[[Iterable[str]], bool]
 
 
@@ -134,6 +140,7 @@ class Stats:
     retags: int = 0
     repushes: int = 0  # pushes of an image whose blobs a sweep had collected
     deletes: int = 0  # manifest revisions deleted over HTTP (index children included)
+    deletes_held: int = 0  # DELETEs answered 404 while the link stayed, sent again (delete)
     uploads_abandoned: int = 0
     push_retries: int = 0
     push_failures: int = 0  # pushes that failed every attempt (the model asked the registry)
@@ -147,11 +154,16 @@ class Stats:
         self.errors.extend(other.errors)
 
 
+def utc_now() -> str:
+    """The time as the registry's and layergc's JSON logs write it (UTC, ISO 8601)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 class OpLog:
-    """What the clients did and when: one JSON line per skopeo run or HTTP call
-    (wall-clock start and end, thread, operation, repository, image, digest, how it
-    ended), to set beside the registry's request log, layergc's log and the storage
-    monitor's sightings when a run fails. Without a path it records nothing."""
+    """What the clients did and when: one JSON line per skopeo push or manifest
+    DELETE (start and end in UTC, thread, operation, repository, image, digests, how
+    it ended), to set beside the registry's request log, layergc's log and the
+    storage monitor's sightings when a run fails. Without a path it records nothing."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
@@ -160,15 +172,14 @@ class OpLog:
     @contextmanager
     def record(self, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """Times the block; the caller may add fields (an outcome) to the yielded dict."""
-        entry = {"start": round(time.time(), 3), "who": threading.current_thread().name}
-        entry |= {"op": op, **fields}
+        entry = {"start": utc_now(), "who": threading.current_thread().name, "op": op, **fields}
         try:
             yield entry
         except BaseException as exc:
             entry.setdefault("error", f"{type(exc).__name__}: {str(exc)[-300:]}")
             raise
         finally:
-            entry["end"] = round(time.time(), 3)
+            entry["end"] = utc_now()
             if self.path is not None:
                 with self._lock, self.path.open("a") as out:
                     out.write(json.dumps(entry, default=str) + "\n")
@@ -181,34 +192,26 @@ class Client:
         self,
         registry: GoRegistry,
         layout: Path,
+        *,
+        root: Path,
         stats: Stats | None = None,
         oplog: OpLog | None = None,
     ) -> None:
         self.registry = registry
         self.layout = layout
+        self.root = root  # the registry's storage root, read to judge a DELETE's 404
         self.stats = stats or Stats()
         self.oplog = oplog or OpLog()
 
-    def http(
-        self, call: Callable[[], T], *, gone_ok: bool = False, entry: dict[str, Any] | None = None
-    ) -> T | None:
-        """`call`, retried on connection errors and 5xx; with `gone_ok`, a 404 after a
-        failed attempt means the earlier attempt did the work (None is returned).
-        Failed attempts are listed in `entry` (an OpLog record)."""
+    def http(self, call: Callable[[], T], *, entry: dict[str, Any] | None = None) -> T:
+        """`call`, retried on connection errors and 5xx. Failed attempts are listed in
+        `entry` (an OpLog record)."""
         failures = entry.setdefault("failures", []) if entry is not None else []
         for attempt in range(HTTP_ATTEMPTS):
             try:
                 return call()
             except RegistryHTTPError as exc:
                 failures.append(exc.status)
-                # A 404 after a failed attempt: that attempt did the work. A 404 at once:
-                # another image of the pool shares the manifest (a platform child) and
-                # deleted it first. A manifest lost to the sweep would instead show in
-                # the monitor and the end-of-run storage oracle, which check every tag.
-                if exc.status == 404 and gone_ok:
-                    if entry is not None:
-                        entry["outcome"] = "404, taken as gone"
-                    return None
                 if exc.status < 500:
                     raise
             except OSError as exc:
@@ -246,9 +249,40 @@ class Client:
         # The index first: its children stay referenced until it is gone.
         for digest in image.manifests:
             with self.oplog.record("delete", repo=repo, image=image.name, digest=digest) as e:
-                call = lambda d=digest: self.registry.delete_manifest(repo, d)  # noqa: E731
-                self.http(call, gone_ok=True, entry=e)
+                self._delete_manifest(repo, digest, e)
             self.stats.deletes += 1
+
+    def _delete_manifest(self, repo: str, digest: str, entry: dict[str, Any]) -> None:
+        """DELETE until the revision link is gone; storage, not the answer, says when.
+
+        Go 2.8's manifest DELETE stats the manifest's blob before it removes the
+        link (linkedBlobStore.Delete), and when the blob is not found it answers
+        404 MANIFEST_UNKNOWN and leaves the link in place. A sweep makes that
+        happen: a manifest pushed again between its mark and its step (1) has its
+        blob moved into the quarantine (the mark saw no revision naming it) and its
+        cache entry cleared, until the re-check puts it back seconds later. Taking
+        that 404 for "deleted" left the revision live behind the model's back; for
+        an index, whose children were then deleted, a live index with children that
+        have no revision (the storage monitor saw one for 3 s, until the next push
+        of the index). A 404 with the link gone is a DELETE done (an earlier
+        attempt, cut short by a registry restart, did it)."""
+        link = self.root / paths.manifest_revision_link(repo, Digest.parse(digest)).lstrip("/")
+        deadline = time.monotonic() + HELD_SECONDS
+        while True:
+            try:
+                self.http(lambda: self.registry.delete_manifest(repo, digest), entry=entry)
+                return
+            except RegistryHTTPError as exc:
+                if exc.status != 404:
+                    raise
+            if not link.is_file():
+                entry["outcome"] = "404, the revision link is gone"
+                return
+            self.stats.deletes_held += 1
+            assert time.monotonic() < deadline, (
+                f"DELETE {repo}@{digest}: 404 for {HELD_SECONDS}s while its revision link stays"
+            )
+            time.sleep(0.25)
 
 
 @dataclass
@@ -284,11 +318,10 @@ class Worker(Client):
         collected: Collected,
         oplog: OpLog | None = None,
     ) -> None:
-        super().__init__(registry, layout, oplog=oplog)
+        super().__init__(registry, layout, root=root, oplog=oplog)
         self.pool = pool
         self.repos = [RepoModel(name) for name in repos]
         self.rng = random.Random(seed)
-        self.root = root
         self.collected = collected
         self.deleted: list[tuple[str, PoolImage]] = []  # (repo, image), oldest first
         self.uploads: list[Upload] = []
@@ -357,7 +390,6 @@ class Worker(Client):
     def _abandon(self, repo: RepoModel) -> None:
         started = time.time()
         upload = self.http(lambda: self.registry.start_upload(repo.name))
-        assert upload is not None
         self.uploads.append(Upload(repo.name, upload.uuid, started))
         self.stats.uploads_abandoned += 1
         data = self.rng.randbytes(self.rng.randint(1, 8) << 10)
