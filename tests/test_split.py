@@ -130,6 +130,19 @@ def tree(tmp_path: Path) -> FilesystemDriver:
     return driver
 
 
+def count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """os.fork counted from now on: the list's one item is the count."""
+    forks = [0]
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        forks[0] += 1
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    return forks
+
+
 def mark_both(driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple:
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
     monkeypatch.setattr(scan, "_SPLIT_REPOSITORIES_CHUNK", 3)
@@ -137,17 +150,9 @@ def mark_both(driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, **kw: o
     alone = scan.mark(driver, **kw)  # type: ignore[arg-type]
     monkeypatch.delenv(split.ENV)
     monkeypatch.setattr(split, "can_fork", lambda: True)
-    forks = 0
-    real_fork = os.fork
-
-    def counting_fork() -> int:
-        nonlocal forks
-        forks += 1
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", counting_fork)
+    forks = count_forks(monkeypatch)
     shared = scan.mark(driver, **kw)  # type: ignore[arg-type]
-    return alone, shared, forks
+    return alone, shared, forks[0]
 
 
 def same(a: scan.MarkResult, b: scan.MarkResult) -> None:
@@ -217,18 +222,10 @@ def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     generate(FilesystemDriver(tmp_path / "a"), 2000, seed=9)
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
-    forks = 0
-    real_fork = os.fork
-
-    def counting_fork() -> int:
-        nonlocal forks
-        forks += 1
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", counting_fork)
+    forks = count_forks(monkeypatch)
     monkeypatch.setattr(split, "can_fork", lambda: True)
     shared = [sweep_report(tmp_path / "a", tmp_path / "a.db", dry_run=d) for d in (True, False)]
-    assert forks == 2  # one a mark
+    assert forks == [2]  # one a mark
     monkeypatch.setattr(split, "can_fork", lambda: False)
     alone = [sweep_report(tmp_path / "b", tmp_path / "b.db", dry_run=d) for d in (True, False)]
 
