@@ -650,16 +650,8 @@ class _Marker:
         t = time.perf_counter()
         repos = self.find_repositories()
         t = self.timed("repositories", t)
-        # Links before the blob listing: a forked child (gc/split.py) then starts
-        # while this process is small, and copies less of it. The order does not
-        # decide safety: whatever a push writes while a mark runs, in either order,
-        # a blob can be listed while the manifest that needs it is not yet read.
-        # What saves that blob is the sweep: its grace window, and the re-check of
-        # everything linked since `started_at` before a delete (DESIGN.md).
-        self.scan_repositories(repos)
+        self.scan_repositories(repos)  # and the blob listing (self.blob_hexes)
         t = self.timed("links", t)
-        self.blob_hexes = self.list_blobs()
-        t = self.timed("blobs", t)
         self.load_refs(self.wanted_manifests(repos))
         t = self.timed("manifests", t)
         entries, to_delete, kept = self.keep(repos)
@@ -667,6 +659,11 @@ class _Marker:
         unreferenced = [self.digest(h) for h in self.blob_hexes if h not in marked]
         self.timed("closure", t)
         return self.result(started_at, repos, entries, to_delete, marked, unreferenced)
+
+    def list_blobs_timed(self) -> None:
+        t = time.perf_counter()
+        self.blob_hexes = self.list_blobs()
+        self.stats.seconds["blobs"] = round(time.perf_counter() - t, 4)
 
     def list_blobs(self) -> list[str]:
         """Every blob folder `blobs/<alg>/<xx>/<hex>`, by name alone, sorted; each
@@ -775,9 +772,20 @@ class _Marker:
         return self.pool is None and split.worth_it(self.driver.name, items, minimum)
 
     def scan_repositories(self, repos: list[_Repository]) -> None:
-        """scan_repository of each, shared with a forked child if that pays; the
-        parent reads the whole reference cache meanwhile (see load_refs)."""
+        """The blob listing, and scan_repository of each repository.
+
+        In one process, the listing comes first: a blob written after it is simply
+        not a candidate, and it stands for the manifests' existence check. Shared
+        with a forked child (if that pays), the child starts on the repositories
+        at once, while this process lists the blobs and reads the whole reference
+        cache (for load_refs), then joins in. The fork then finds this process
+        small, and the child copies less of it. The overlap does not weaken
+        safety: in either order, a push during the mark can leave a blob listed
+        whose manifest the mark did not read. What saves that blob is the sweep:
+        its grace window, and the re-check of everything linked since the mark
+        began, before any delete (DESIGN.md)."""
         if not self.may_split(len(repos), _SPLIT_MIN_REPOSITORIES):
+            self.list_blobs_timed()
             for done, _ in enumerate(self.pool_map(self.scan_repository, repos), 1):
                 if done % 250 == 0:
                     self.report("repositories", done, len(repos))
@@ -822,8 +830,12 @@ class _Marker:
                     self.fresh.append(h)
             self.adopt(errors)
 
+        def first() -> None:
+            self.list_blobs_timed()
+            self.prefetch()
+
         size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
-        split.share(len(repos), size, scan_mine, scan_theirs, deliver, first=self.prefetch)
+        split.share(len(repos), size, scan_mine, scan_theirs, deliver, first=first)
         self.report("repositories", len(repos), len(repos))
 
     def cache_is_cold(self) -> bool:
