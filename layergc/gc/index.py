@@ -1022,11 +1022,16 @@ class IndexReferenceCache:
     def _entries(rows: Iterable[Sequence[Any]], by_hex: dict[str, Digest]) -> dict[Any, Any]:
         found: dict[Any, Any] = {}
         for row in rows:
-            # Its hex finds the entry's Digest (hex lengths differ between algorithms).
-            key = _digests(row[0], by_hex)
-            if not key or len(key) != 1:
-                raise ValueError(f"reference cache: malformed key {row[0][:200]!r}")
-            found[key[0]] = _cached_refs(row, by_hex)
+            # Its hex finds the entry's Digest (hex lengths differ between algorithms):
+            # the caller's, or one made here from a key checked as a reference is.
+            algorithm, _, hex_ = row[0].partition(":")
+            key = by_hex.get(hex_)
+            if key is None or key.algorithm != algorithm:
+                digests = _digests(row[0], by_hex)
+                if not digests or len(digests) != 1:
+                    raise ValueError(f"reference cache: malformed key {row[0][:200]!r}")
+                key = digests[0]
+            found[key] = _cached_refs(row, by_hex)
         return found
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:

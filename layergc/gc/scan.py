@@ -667,7 +667,8 @@ class _Marker:
 
     def list_blobs(self) -> list[str]:
         """Every blob folder `blobs/<alg>/<xx>/<hex>`, by name alone, sorted; each
-        entered in the interner (before any thread needs it)."""
+        entered in the interner (before any thread, or this process's scan, needs
+        it: its strings are then the ones every holder shares)."""
         hexes: list[str] = []
         interner = self.interner
         for algorithm in sorted(self.list_dirs(paths.BLOBS, None, blocking=False) or []):
@@ -688,12 +689,8 @@ class _Marker:
                 if not _all_hex(names, length, prefix):
                     names = self.valid_names(names, length, folder, None, "blob", prefix)
                 for name in names:
-                    # The string and Digest the links' reading made, if any: one each.
-                    d = interner.get(name)
-                    if d is None:
-                        name = sys.intern(name)
-                        d = interner[name] = make_digest(algorithm, name)
-                    hexes.append(d.hex)
+                    interner[name] = make_digest(algorithm, name)
+                hexes.extend(names)
                 if i % 32 == 31:
                     self.report("blobs", len(hexes), None)
         self.report("blobs", len(hexes), len(hexes))
