@@ -36,9 +36,11 @@ in that run. Decisions where the Go registry (2.8) is silent or unsafe:
   repository it sits in.
 - Blob folders are listed, never stat'ed; a name that is not a valid digest,
   or of an unsupported algorithm, is reported and never offered for deletion.
-  Blobs are listed first: one written later is simply not a candidate, and
-  the listing stands for the existence check of manifests found in the
-  reference cache (those missing from it are checked one by one).
+  The listing stands for the existence check of manifests found in the
+  reference cache (those missing from it are checked one by one). In one
+  process blobs are listed first; a mark shared with a forked child lists
+  them while the child reads links (see scan_repositories: safety does not
+  rest on that order).
 - A manifest blob whose content does not hash to its digest is unparseable.
 
 Speed (100,000 blobs: ~20,000 manifests, ~80,000 layer links): the cost is
@@ -47,7 +49,10 @@ per name. So: digests are hex strings inside (str hashing is C, a Digest's is
 not) with one shared string object per digest; names are validated a folder
 at a time in C; manifests parse once per digest (and never again with a
 reference cache); Digest objects are made at the edges, and the big results
-(marked, all_blobs, layer_links) are read-only views over those strings.
+(marked, all_blobs, layer_links) are read-only views over those strings. On
+the filesystem, where that Python work is the bound and threads only contend
+for the GIL, a forked child process takes a share of the repositories (and of
+the manifests to parse, on a first mark), on a second CPU: gc/split.py.
 """
 
 from __future__ import annotations
