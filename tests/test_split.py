@@ -239,3 +239,18 @@ def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     after_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
     after_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
     assert after_a == after_b
+
+
+@pytest.mark.usefixtures("forking")
+def test_when_the_system_refuses_the_fork_one_process_does_it_all(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    parent_did, child = run(300, 7)
+    assert sorted(parent_did) == list(range(300)) and child == {}
+    assert "cannot fork" in caplog.text
+    assert len(os.listdir("/proc/self/fd")) == before  # the queue and the file closed

@@ -93,39 +93,35 @@ def share(
     effects on memory stay in the child. It must not write to shared resources
     (the index's connections, stdout): the child inherits them."""
     starts = range(0, count, size)
-    if len(starts) < 2 or not can_fork():
+    child = _fork(starts, count, size, theirs) if len(starts) > 1 and can_fork() else None
+    if child is None:
         if first is not None:
             first()
         for start in starts:
             mine(start, min(start + size, count))
         return
-    queue = _queue(starts)
+    pid, queue, results = child
     done: set[int] = set()
-    try:
-        # The child writes each chunk's result as soon as it is made (and frees it):
-        # to a file, so that it never waits for the parent, busy with its own chunks.
-        with tempfile.TemporaryFile(prefix="layergc-split-") as results:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child's coverage is not collected
-                _child(results, lambda: _claims(queue, count, size), theirs)
+    delivered = 0
+    with results:
+        try:
             try:
                 if first is not None:
                     first()
                 for start, stop in _claims(queue, count, size):
                     mine(start, stop)
                     done.add(start)
-            except BaseException:
-                _reap(pid, kill=True)
-                raise
-            status = _reap(pid, kill=False)
-            results.seek(0)
-            delivered = 0
-            for start, result in _frames(results):
-                deliver(start, result)
-                done.add(start)
-                delivered += 1
-    finally:
-        os.close(queue)
+            finally:
+                os.close(queue)
+        except BaseException:
+            _reap(pid, kill=True)
+            raise
+        status = _reap(pid, kill=False)
+        results.seek(0)
+        for start, result in _frames(results):
+            deliver(start, result)
+            done.add(start)
+            delivered += 1
     if status != 0:
         log.warning(
             "mark: the forked child failed (wait status %d, %d chunks delivered); "
@@ -136,6 +132,32 @@ def share(
     for start in starts:
         if start not in done:
             mine(start, min(start + size, count))
+
+
+def _fork(
+    starts: range, count: int, size: int, theirs: Callable[[int, int], R]
+) -> tuple[int, int, IO[bytes]] | None:
+    """Fork the child: (its pid, the queue, its results file); None (logged) when
+    the system refuses (no descriptors, processes or space left): one process
+    then does it all, as it would without a second CPU."""
+    queue = -1
+    results: IO[bytes] | None = None
+    try:
+        queue = _queue(starts)
+        # The child writes each chunk's result as soon as it is made (and frees
+        # it), to a file: it never waits for the parent, busy with its own chunks.
+        results = tempfile.TemporaryFile(prefix="layergc-split-")  # noqa: SIM115 - the caller closes it
+        pid = os.fork()
+    except OSError as exc:
+        log.warning("mark: cannot fork a second process (%s); one does it all", exc)
+        if results is not None:
+            results.close()
+        if queue >= 0:
+            os.close(queue)
+        return None
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        _child(results, lambda: _claims(queue, count, size), theirs)
+    return pid, queue, results
 
 
 def _queue(starts: range) -> int:
