@@ -425,7 +425,7 @@ LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 _EMPTY_LINK_RETRY_SECONDS = 0.01
 # Manifests read per batch: bounds memory (content is dropped once parsed).
 _BATCH = 512
-# Below these, a forked child (gc/split.py) costs more than its share saves.
+# Below this, a forked child (gc/split.py) costs more than its share saves.
 _SPLIT_MIN_REPOSITORIES = 256
 # Repositories per chunk of shared work: small enough to balance, large enough
 # that a claim (one pipe read) and the writing of its result cost little.
@@ -512,12 +512,11 @@ def _pack_outcome(outcome: _Loaded) -> _Packed:
     if isinstance(outcome, _Unparseable):
         return "unparseable"
     media_type, kind, blobs, children, subject, unknown = outcome
-    hexes = operator.attrgetter("hex")
     return (
         media_type,
         kind,
-        tuple(map(hexes, blobs)),
-        tuple(map(hexes, children)),
+        tuple(map(_hex_attr, blobs)),
+        tuple(map(_hex_attr, children)),
         None if subject is None else subject.hex,
         unknown,
     )
@@ -531,7 +530,7 @@ def _unpack_outcome(packed: _Packed, digest: Callable[[str], Digest]) -> _Loaded
     media_type, kind, blobs, children, subject, unknown = packed
     return ManifestRefs(
         sys.intern(media_type),
-        kind,
+        sys.intern(kind),
         tuple(map(digest, blobs)),
         tuple(map(digest, children)),
         None if subject is None else digest(subject),
