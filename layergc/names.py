@@ -1,9 +1,9 @@
 """Repository names, by the grammar of distribution's reference package.
 
-path-component := alpha-numeric (separator alpha-numeric)*
-alpha-numeric  := [a-z0-9]+
-separator      := [_.] | '__' | [-]*
-name           := path-component ('/' path-component)*   (at most 255 chars)
+    path-component := alpha-numeric (separator alpha-numeric)*
+    alpha-numeric  := [a-z0-9]+
+    separator      := [_.] | '__' | [-]*
+    name           := path-component ('/' path-component)*   (at most 255 chars)
 """
 
 from __future__ import annotations

@@ -129,24 +129,28 @@ _OPENAT2_ARCHES = {"x86_64", "aarch64", "arm64", "i386", "i686", "riscv64", "ppc
 _SYS_OPENAT2 = 437
 
 
-def _libc_function(name: str) -> Any:
-    """The C library's function `name` (errno kept for ctypes.get_errno), or None."""
+def _libc_function(name: str, restype: Any, *argtypes: Any) -> Any:
+    """The C library's function `name`, typed (errno kept for ctypes.get_errno),
+    or None when this system lacks it."""
     try:
-        return getattr(ctypes.CDLL(None, use_errno=True), name)
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
+    function.restype = restype
+    function.argtypes = list(argtypes)
+    return function
 
 
 def _make_openat2() -> Opener | None:
     """An opener on openat2(2), or None when this system lacks it."""
     if sys.platform != "linux" or platform.machine() not in _OPENAT2_ARCHES:
         return None
-    syscall = _libc_function("syscall")
+    syscall = _libc_function(
+        "syscall", ctypes.c_long,
+        ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t,
+    )  # fmt: skip
     if syscall is None:
         return None
-    syscall.restype = ctypes.c_long
-    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]
-    syscall.argtypes += [ctypes.c_size_t]
     resolve = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
     hows: dict[int, _OpenHow] = {}
     size = ctypes.sizeof(_OpenHow)
@@ -662,11 +666,11 @@ def _make_start_writeback() -> Callable[[int, int, int], None] | None:
     """A function starting the writeback of a byte range of a file, or None."""
     if sys.platform != "linux":
         return None
-    sync_file_range = _libc_function("sync_file_range")
+    sync_file_range = _libc_function(
+        "sync_file_range", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+    )
     if sync_file_range is None:
         return None
-    sync_file_range.restype = ctypes.c_int
-    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
     def start_writeback(fd: int, offset: int, length: int) -> None:
         # A failure (ESPIPE, EINVAL on odd filesystems) only loses the head start.

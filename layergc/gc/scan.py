@@ -470,11 +470,6 @@ _GONE = _Gone()
 _Loaded = ManifestRefs | _Missing | _Unparseable
 
 
-@dataclass(slots=True)
-class _Apart:
-    errors: list[ScanError] = field(default_factory=list)
-
-
 # What a forked child sends back (gc/split.py): plain tuples of hex strings, which
 # pickle compactly; the parent turns them back into its own shared strings and
 # Digests (through its interner), as if it had done the work itself.
@@ -768,10 +763,6 @@ class _Marker:
             )
         return _Repository(name, markers, valid)
 
-    def may_split(self, items: int, minimum: int) -> bool:
-        """Whether to share `items` with a forked child (gc/split.py)."""
-        return self.pool is None and split.worth_it(self.driver.name, items, minimum)
-
     def scan_repositories(self, repos: list[_Repository]) -> None:
         """The blob listing, and scan_repository of each repository.
 
@@ -785,7 +776,10 @@ class _Marker:
         whose manifest the mark did not read. What saves that blob is the sweep:
         its grace window, and the re-check of everything linked since the mark
         began, before any delete (DESIGN.md)."""
-        if not self.may_split(len(repos), _SPLIT_MIN_REPOSITORIES):
+        shared = self.pool is None and split.worth_it(
+            self.driver.name, len(repos), _SPLIT_MIN_REPOSITORIES
+        )
+        if not shared:
             self.list_blobs_timed()
             for done, _ in enumerate(self.pool_map(self.scan_repository, repos), 1):
                 if done % 250 == 0:
@@ -809,14 +803,14 @@ class _Marker:
             self.report("repositories", scanned, len(repos))
 
         def scan_theirs(start: int, stop: int) -> tuple[Any, ...]:
-            with self.apart() as apart:
+            with self.apart() as errors:
                 packed, parsed = [], []
                 for repo in repos[start:stop]:
                     self.scan_repository(repo)
                     if parse:
                         parsed += [(h, _pack_outcome(o)) for h, o in self.parse_revisions(repo)]
                     packed.append(_pack_repository(repo))
-            return packed, parsed, apart.errors
+            return packed, parsed, errors
 
         canon, digest = self.interner.canon, self.digest
 
@@ -880,16 +874,17 @@ class _Marker:
         self.blocked |= any(e.blocking for e in errors)
 
     @contextlib.contextmanager
-    def apart(self) -> Iterator[_Apart]:
+    def apart(self) -> Iterator[list[ScanError]]:
         """For work done in a forked child: no progress (the parent reports), and
-        the errors reported inside collected apart, for the parent to adopt."""
-        result = _Apart()
+        the errors reported inside collected apart (into the list yielded, on
+        exit), for the parent to adopt."""
+        apart: list[ScanError] = []
         first = len(self.errors)
         self.progress = None
         try:
-            yield result
+            yield apart
         finally:
-            result.errors = self.errors[first:]
+            apart += self.errors[first:]
 
     def scan_repository(self, repo: _Repository) -> _Repository:
         """Revisions, tags, layer links and uploads of one repository."""
@@ -1022,15 +1017,16 @@ class _Marker:
         if todo:
             if self.prefetched is not None:
                 prefetched, self.prefetched = self.prefetched, None
-                cached = {self.digest(h): r for h in todo if (r := prefetched.get(h)) is not None}
+                cached = {h: r for h in todo if (r := prefetched.get(h)) is not None}
             else:
-                cached = self.cache_get([self.digest(h) for h in todo])
+                got = self.cache_get([self.digest(h) for h in todo])
+                cached = {d.hex: refs for d, refs in got.items()}
             if cached:
-                for d, refs in cached.items():
+                for h, refs in cached.items():
                     # The listing stands for an existence check; a blob not listed
                     # (written since, or read through an overlay) is checked directly.
-                    if self.is_listed(d.hex) or self.blob_exists(d):
-                        loaded[d.hex] = refs
+                    if self.is_listed(h) or self.blob_exists(self.digest(h)):
+                        loaded[h] = refs
                 self.stats.manifests_cached += len(cached)
                 todo = [h for h in todo if h not in loaded]
             self.read_manifests(todo)

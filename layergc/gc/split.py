@@ -94,15 +94,28 @@ def share(
     (the index's connections, stdout): the child inherits them."""
     starts = range(0, count, size)
     child = _fork(starts, count, size, theirs) if len(starts) > 1 and can_fork() else None
+    done: set[int] = set()
     if child is None:
         if first is not None:
             first()
-        for start in starts:
+    else:
+        done = _share_with(child, count, size, mine, deliver, first)
+    for start in starts:  # all of them without a child; those it failed to deliver
+        if start not in done:
             mine(start, min(start + size, count))
-        return
+
+
+def _share_with(
+    child: tuple[int, int, IO[bytes]],
+    count: int,
+    size: int,
+    mine: Callable[[int, int], None],
+    deliver: Callable[[int, R], None],
+    first: Callable[[], None] | None,
+) -> set[int]:
+    """This process's side of share() beside a forked child: the chunks done."""
     pid, queue, results = child
     done: set[int] = set()
-    delivered = 0
     with results:
         try:
             try:
@@ -118,6 +131,7 @@ def share(
             raise
         status = _reap(pid, kill=False)
         results.seek(0)
+        delivered = 0
         for start, result in _frames(results):
             deliver(start, result)
             done.add(start)
@@ -129,9 +143,7 @@ def share(
             status,
             delivered,
         )
-    for start in starts:
-        if start not in done:
-            mine(start, min(start + size, count))
+    return done
 
 
 def _fork(
@@ -156,7 +168,7 @@ def _fork(
             os.close(queue)
         return None
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        _child(results, lambda: _claims(queue, count, size), theirs)
+        _child(results, _claims(queue, count, size), theirs)
     return pid, queue, results
 
 
@@ -183,9 +195,7 @@ def _claims(queue: int, count: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def _child(
-    results: IO[bytes],
-    claims: Callable[[], Iterator[tuple[int, int]]],
-    work: Callable[[int, int], object],
+    results: IO[bytes], claims: Iterator[tuple[int, int]], work: Callable[[int, int], object]
 ) -> None:
     """Write (start, work(start, stop)) of each claimed chunk; never return."""
     code = 1
@@ -194,12 +204,12 @@ def _child(
         # decides what the interrupted run does), and runs none of its handlers.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for start, stop in claims():
+        for start, stop in claims:
             pickle.dump((start, work(start, stop)), results, pickle.HIGHEST_PROTOCOL)
         results.flush()
         code = 0
     except BaseException:  # the parent sees the status, and redoes what is missing
-        logging.getLogger(__name__).exception("mark: forked child")
+        log.exception("mark: forked child")
     finally:
         # No atexit handlers, no flush of buffers inherited from the parent.
         os._exit(code)
