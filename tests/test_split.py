@@ -254,3 +254,141 @@ def test_when_the_system_refuses_the_fork_one_process_does_it_all(
     assert sorted(parent_did) == list(range(300)) and child == {}
     assert "cannot fork" in caplog.text
     assert len(os.listdir("/proc/self/fd")) == before  # the queue and the file closed
+
+
+# --- the parent's word, and a head start -----------------------------------------------
+
+
+@pytest.mark.usefixtures("forking")
+@pytest.mark.parametrize("word", [True, False])
+def test_the_child_hears_the_parent_s_word(word: bool) -> None:
+    """A child may hold its chunks back until the parent has said something."""
+
+    def work(claims, told):  # type: ignore[no-untyped-def]
+        held = [start for start, _ in claims]  # every chunk, before the word
+        said = told.wait()
+        return ((start, said) for start in held)
+
+    started = split.start(10, 1, work)
+    assert started is not None
+    time.sleep(0.2)  # the child claims every chunk, then waits
+    started.tell(word)
+    heard: dict[int, bool] = {}
+    split.join(started, 10, 1, lambda start, stop: None, heard.__setitem__)
+    assert heard == dict.fromkeys(range(10), word)
+
+
+def head_and_alone(
+    driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, **kw: object
+) -> tuple[scan.HeadStart, scan.MarkResult]:
+    monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
+    monkeypatch.setattr(scan, "_SPLIT_REPOSITORIES_CHUNK", 3)
+    monkeypatch.setenv(split.ENV, "1")
+    alone = scan.mark(driver, **kw)  # type: ignore[arg-type]
+    monkeypatch.delenv(split.ENV)
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    head = scan.head_start(driver, delete_untagged=bool(kw.get("delete_untagged")))
+    assert head is not None and head.started is not None
+    return head, alone
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["told-at-once", "told-late"])
+@pytest.mark.parametrize("delete_untagged", [False, True])
+def test_a_head_start_finds_what_a_one_process_mark_finds(
+    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, delete_untagged: bool, late: bool
+) -> None:
+    """Begun before its mark, the child parses what it found only once told that
+    the cache is cold; told late (it has claimed every chunk), it held them all."""
+    cache = scan.DictReferenceCache()
+    head, alone = head_and_alone(tree, monkeypatch, delete_untagged=delete_untagged)
+    if late:
+        time.sleep(0.5)
+    first = scan.mark(tree, delete_untagged=delete_untagged, reference_cache=cache, head=head)
+    same(alone, first)
+    assert first.stats.manifests_parsed == alone.stats.manifests_parsed > 300
+    assert first.started_at == head.started_at
+
+    head = scan.head_start(tree, delete_untagged=delete_untagged)
+    assert head is not None
+    if late:
+        time.sleep(0.5)
+    again = scan.mark(tree, delete_untagged=delete_untagged, reference_cache=cache, head=head)
+    same(alone, again)
+    assert again.stats.manifests_parsed == 0  # the child, told the cache is warm, parsed none
+
+
+def child_gone(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # reaped already
+    return False
+
+
+def test_an_abandoned_head_start_leaves_no_child_and_no_descriptor(
+    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    head, _ = head_and_alone(tree, monkeypatch)
+    assert head.started is not None
+    head.abandon()
+    head.abandon()  # idempotent
+    assert child_gone(head.started.pid)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_head_start_begun_for_another_mark_is_not_used(
+    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head, _ = head_and_alone(tree, monkeypatch, delete_untagged=False)
+    assert head.started is not None
+    other = scan.mark(tree, delete_untagged=True, head=head)
+    assert child_gone(head.started.pid)
+    monkeypatch.setenv(split.ENV, "1")
+    same(other, scan.mark(tree, delete_untagged=True))
+
+
+def test_the_sweep_command_begins_only_dry_runs_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`layergc sweep --dry-run` begins its mark before the run (and reports what a
+    one-process run reports); a deleting sweep never does: its lease and the
+    quarantine's restore come before any read."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from layergc.cli import main
+
+    generate(FilesystemDriver(tmp_path / "a"), 2000, seed=9)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
+    monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    begun: list[scan.HeadStart | None] = []
+    real_head_start = scan.head_start
+
+    def spy(*args: object, **kw: object) -> scan.HeadStart | None:
+        begun.append(real_head_start(*args, **kw))  # type: ignore[arg-type]
+        return begun[-1]
+
+    monkeypatch.setattr(scan, "head_start", spy)
+
+    def sweep_json(root: Path, *extra: str) -> dict[str, object]:
+        args = ["sweep", "--root", str(root), "--db", str(root) + ".db", "--grace", "0s"]
+        result = CliRunner().invoke(main, [*args, "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    ahead = sweep_json(tmp_path / "a", "--dry-run")
+    assert len(begun) == 1 and begun[0] is not None and begun[0].started is not None
+    assert child_gone(begun[0].started.pid)
+    monkeypatch.setattr(split, "can_fork", lambda: False)
+    alone = sweep_json(tmp_path / "b", "--dry-run")
+    assert begun[1:] == [None]
+    assert ahead["blobs"] == alone["blobs"] and ahead["uploads"] == alone["uploads"]
+    assert len(ahead["blobs"]) == 200  # type: ignore[arg-type]
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    deleted = sweep_json(tmp_path / "a")
+    assert len(begun) == 2  # no head start for the deleting sweep
+    assert {b["action"] for b in deleted["blobs"]} == {"deleted"}  # type: ignore[attr-defined, index]

@@ -356,3 +356,58 @@ def test_stale_uploads_are_purged_and_fresh_ones_kept(store: Store, index: Any) 
     assert store.driver.exists(paths.upload_dir("a", broken.uuid))
     assert any(broken.uuid in w and "startedat" in w for w in report.warnings)
     assert report.blobs == []  # purge-uploads mode leaves blobs alone
+
+
+# --- what the decision stats -----------------------------------------------------------
+
+
+class CountingStats(InMemoryDriver):
+    """An in-memory driver that records every path stat'ed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stated: list[str] = []
+
+    def stat(self, path: str) -> Any:
+        self.stated.append(path)
+        return super().stat(path)
+
+
+def test_only_what_may_be_deleted_is_stated(index: Any) -> None:
+    """A blob's size is stat'ed once, when first seen; its data and layer links
+    again only once its grace is over; at a zero grace every link is checked."""
+    store = Store(CountingStats())
+    driver = store.driver
+    assert isinstance(driver, CountingStats)
+    store.manifest("team/app", [store.layer("team/app")], tag="v1")
+    orphan = store.layer("team/app", size=77)
+    data, link = paths.blob_data(orphan), paths.layer_link("team/app", orphan)
+    day = SweepOptions(dry_run=True, grace=timedelta(hours=24))
+
+    driver.stated.clear()  # (the uploads stat'ed too)
+    first = sweep(store, index, day)
+    assert actions(first.blobs) == {str(orphan): DEFERRED}
+    assert driver.stated.count(data) == 1 and link not in driver.stated
+
+    driver.stated.clear()
+    again = sweep(store, index, day)
+    assert again.blobs == first.blobs  # the size from the index: {"size": 77, ...}
+    assert first.blobs[0]["size"] == 77
+    assert data not in driver.stated and link not in driver.stated
+
+    driver.stated.clear()
+    now = sweep(store, index, SweepOptions(dry_run=True, grace=timedelta(0)))
+    assert actions(now.blobs) == {str(orphan): WOULD_DELETE}
+    assert driver.stated.count(data) == 1 and driver.stated.count(link) == 1
+
+
+def test_a_blob_seen_first_at_zero_grace_is_stated_once_with_its_links(index: Any) -> None:
+    store = Store(CountingStats())
+    driver = store.driver
+    assert isinstance(driver, CountingStats)
+    orphan = store.layer("team/app")
+    driver.stated.clear()
+    report = sweep(store, index, SweepOptions(dry_run=True, grace=timedelta(0)))
+    assert actions(report.blobs) == {str(orphan): WOULD_DELETE}
+    assert driver.stated.count(paths.blob_data(orphan)) == 1
+    assert driver.stated.count(paths.layer_link("team/app", orphan)) == 1

@@ -696,6 +696,17 @@ class Index:
                 found.update((c.key, c) for c in session.scalars(query, self._members(chunk)))
         return found
 
+    def known_sizes(self, kind: str) -> dict[str, int]:
+        """key -> size of every candidate of `kind` whose size is recorded, whatever
+        its state: a blob's size never changes (its digest names its content), so a
+        sweep need not stat a blob again to report it."""
+        c = Candidate.__table__.c
+        query = select(c.key, c.size).where(
+            c.kind == _check(kind, CANDIDATE_KINDS, "kind"), c.size.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).all())  # rows of (key, size)
+
     def quarantined(self, kind: str | None = None) -> list[Candidate]:
         """Candidates in quarantine: what a crashed sweep left to finish or undo."""
         query = select(Candidate).where(Candidate.state == "quarantined")

@@ -219,8 +219,10 @@ class Sweeper:
         stop: threading.Event | None = None,
         progress: Callable[[str, int, int | None], None] | None = None,
         hook_observer: Callable[[int | None], None] | None = None,
+        head_start: scan.HeadStart | None = None,
     ) -> None:
         self.driver = driver
+        self.head_start = head_start  # a dry run's mark, begun before the run (see scan)
         self.index = index
         self.options = options
         self.blob_cache = blob_cache
@@ -325,6 +327,7 @@ class Sweeper:
             delete_untagged=opts.delete_untagged and mode == SWEEP,
             reference_cache=self._reference_cache(),
             progress=self.progress,
+            head=self.head_start if opts.dry_run else None,
         )
         report.seconds.update({f"mark.{k}": v for k, v in mark.stats.seconds.items()})
         report.repositories = len(mark.repositories)
@@ -480,33 +483,55 @@ class Sweeper:
         self, report: Report, mark: scan.MarkResult, kept: set[Digest], now: datetime
     ) -> list[Doomed]:
         unreferenced = [d for d in mark.unreferenced if d not in kept]
-        infos = self._stat_blobs(unreferenced, mark.layer_links, report)
-        first_seen = self.index.observe_unreferenced(
-            report.run_id,
-            "blob",
-            [(str(d), None, size) for d, (size, _ok) in infos.items()],
-            now,
-        )
+        # Only what the decision needs is stat'ed. A blob's size is recorded the first
+        # time it is seen (its digest names its content: the size never changes), and
+        # its data and layer links are looked at (their age, and that they are plain
+        # files) only once its grace in the index is over: at the default 24h grace a
+        # repeated sweep stats nothing, and a first one only the new blobs' data.
+        keys = {d: str(d) for d in unreferenced}
+        sizes = self.index.known_sizes("blob")
+        unsized = [d for d, key in keys.items() if key not in sizes]
+        # A blob seen for the first time is due at once only with a zero grace.
+        links = self.options.grace <= timedelta(0)
+        infos = self._stat_blobs(unsized, mark.layer_links, report, links=links)
+        observed: list[tuple[str, str | None, int | None]] = []
+        for d, key in keys.items():
+            info = infos.get(d)
+            if info is not None or key in sizes:  # else vanished, or not stat'ed (reported)
+                observed.append((key, None, info[0] if info is not None else sizes[key]))
+        first_seen = self.index.observe_unreferenced(report.run_id, "blob", observed, now)
         self.index.forget_absent("blob", report.run_id)
-        doomed: list[Doomed] = []
-        by_repository: dict[str, int] = defaultdict(int)
         if mark.blob_deletion_blocked:
             report.blob_deletion_blocked = True
             report.warnings.append(
                 "blob deletion is blocked for this run: a manifest could not be parsed or "
                 "something under repositories/ could not be read (see errors)"
             )
-        for digest in unreferenced:
-            if digest not in infos:
-                continue  # vanished while we looked
-            size, old_enough = infos[digest]
+        due = [
+            d
+            for d, key in keys.items()
+            if not mark.blob_deletion_blocked
+            and not (links and d in infos)  # its links were stat'ed with its data
+            and self._old_enough(first_seen.get(key, now), now)
+        ]
+        checked = {*unsized, *due}
+        infos.update(self._stat_blobs(due, mark.layer_links, report, links=True))
+        doomed: list[Doomed] = []
+        by_repository: dict[str, int] = defaultdict(int)
+        for digest, key in keys.items():
+            info = infos.get(digest)
+            if info is None:
+                if digest in checked:
+                    continue  # vanished while we looked, or could not be stat'ed (reported)
+                info = (sizes[key], False)  # not stat'ed: inside its grace, or blocked
+            size, old_enough = info
             eligible = (
                 old_enough
-                and self._old_enough(first_seen.get(str(digest), now), now)
                 and not mark.blob_deletion_blocked
+                and self._old_enough(first_seen.get(key, now), now)
             )
             action = WOULD_DELETE if eligible else DEFERRED
-            report.blobs.append({"digest": str(digest), "size": size, "action": action})
+            report.blobs.append({"digest": key, "size": size, "action": action})
             report.bytes_reclaimable += size
             for repo in mark.layer_links.get(digest, ()):
                 by_repository[repo] += size
@@ -517,11 +542,16 @@ class Sweeper:
         return doomed
 
     def _stat_blobs(
-        self, digests: list[Digest], layer_links: Mapping[Digest, list[str]], report: Report
+        self,
+        digests: list[Digest],
+        layer_links: Mapping[Digest, list[str]],
+        report: Report,
+        *,
+        links: bool = False,
     ) -> dict[Digest, tuple[int, bool]]:
-        """Size of each blob, and whether its data and every layer link to it are
-        older than the grace window. Only garbage candidates are ever stat'ed; one
-        that cannot be (a storage error, a symlink) is reported and left alone."""
+        """Size of each blob, and whether its data (and, with `links`, every layer
+        link to it) is older than the grace window. One that cannot be stat'ed (a
+        storage error, a symlink) is reported and left alone."""
         now = _now()
 
         def one(digest: Digest) -> tuple[Digest, tuple[int, bool] | str | None]:
@@ -529,7 +559,7 @@ class Sweeper:
             try:
                 info = self.view.stat(path)
                 old = self._old_enough(info.mod_time, now)
-                for repo in layer_links.get(digest, ()):
+                for repo in layer_links.get(digest, ()) if links else ():
                     if not old:
                         break
                     path = paths.layer_link(repo, digest)
