@@ -113,21 +113,6 @@ def _configure_logging(settings: Any, verbose: int, *, quiet_default: bool) -> N
     configure_logging(settings.log_format or "text", level)
 
 
-def _head_start(settings: Any) -> Any:
-    """A dry run's mark, begun before the run's own modules (SQLAlchemy above all)
-    load: see scan.head_start. None where it would not pay."""
-    if not settings.dry_run or settings.storage.get("driver") != "filesystem":
-        return None
-    from layergc.config import make_driver
-    from layergc.gc import scan
-
-    driver = make_driver(settings)
-    head = scan.head_start(driver, delete_untagged=settings.delete_untagged)
-    if head is None:
-        driver.close()
-    return head
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="layergc")
 def main() -> None:
@@ -141,6 +126,7 @@ def main() -> None:
 )
 def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values: Any) -> None:
     """Find and delete stale uploads and unreferenced blobs, once."""
+    from layergc.gc.run import run_sweep
     from layergc.progress import Progress
     from layergc.summary import render
 
@@ -149,23 +135,15 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
     _configure_logging(settings, verbose, quiet_default=True)
     progress = Progress()
     stop = threading.Event()
-    head = None
     try:
         with stop_on_signals(stop):
-            head = _head_start(settings)
-            from layergc.gc.run import run_sweep  # SQLAlchemy: while the head start scans
-
-            report = run_sweep(
-                settings, progress=progress, stop=stop, take_lease=True, head_start=head
-            )
+            report = run_sweep(settings, progress=progress, stop=stop, take_lease=True)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except LayergcError as exc:
         click.echo(f"layergc: {exc}", err=True)
         sys.exit(EXIT_ERRORS)
     finally:
-        if head is not None:
-            head.abandon()
         progress.close()
     if settings.json:
         click.echo(orjson.dumps(report).decode())

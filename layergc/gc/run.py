@@ -17,7 +17,6 @@ from layergc.gc.lease import held_lease
 from layergc.gc.sweep import SWEEP, Sweeper, SweepOptions
 
 if TYPE_CHECKING:
-    from layergc.gc.scan import HeadStart
     from layergc.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,6 @@ def run_sweep(
     progress: Callable[[str, int, int | None], None] | None = None,
     take_lease: bool = False,
     metrics: Metrics | None = None,
-    head_start: HeadStart | None = None,
 ) -> dict[str, Any]:
     """Run once and return the report; per-object errors are in the report, not raised.
 
@@ -79,10 +77,8 @@ def run_sweep(
     overlap; LeaseBusy when another run holds it. The run is counted in `metrics`
     when given (`layergc serve` passes the set it serves; a one-shot sweep has no
     one to serve them to, and does not import prometheus_client at all).
-
-    A dry run may carry on a mark begun before (scan.head_start), over its driver.
     """
-    driver = make_driver(settings) if head_start is None else head_start.marker.driver
+    driver = make_driver(settings)
     own_index = index is None
     index = open_index(settings.db) if own_index else index
     cache = blob_cache_for(settings)
@@ -96,7 +92,6 @@ def run_sweep(
             stop=stop,
             progress=progress,
             hook_observer=metrics.record_hook if metrics is not None else None,
-            head_start=head_start,
         )
         if take_lease and not settings.dry_run:
             with held_lease(index, settings.lease_ttl, sweeper.stop):

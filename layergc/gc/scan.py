@@ -375,7 +375,6 @@ def mark(
     reference_cache: ReferenceCache | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
-    head: HeadStart | None = None,
 ) -> MarkResult:
     """Mark what the storage behind `driver` keeps. Never writes; never raises
     for a bad object (see `errors` and `blob_deletion_blocked`).
@@ -389,60 +388,8 @@ def mark(
     """
     if workers is None:
         workers = 1 if driver.name in LOCAL_DRIVERS else 16
-    if head is not None and not head.fits(driver, delete_untagged, workers):
-        head.abandon()  # begun for another mark: this one starts afresh
-        head = None
     with _gc_paused():
-        if head is None:
-            return _Marker(driver, delete_untagged, reference_cache, progress, workers).run()
-        marker = head.marker
-        marker.cache, marker.progress = reference_cache, progress
-        return marker.mark(head)
-
-
-@dataclass(slots=True)
-class HeadStart:
-    """A mark begun ahead of its run (see head_start), for mark(head=...)."""
-
-    marker: _Marker
-    started_at: datetime
-    repos: list[_Repository]
-    started: split.Started | None  # the forked child at work, if any
-
-    def fits(self, driver: StorageDriver, delete_untagged: bool, workers: int) -> bool:
-        marker = self.marker
-        return (marker.driver, marker.delete_untagged, workers) == (driver, delete_untagged, 1)
-
-    def abandon(self) -> None:
-        """End the child, if the mark will not join it (idempotent)."""
-        if self.started is not None:
-            self.started.abandon()
-
-
-def head_start(driver: StorageDriver, *, delete_untagged: bool = False) -> HeadStart | None:
-    """Begin a mark now: find the repositories, and fork the child that scans its
-    share of them (gc/split.py), so that it works while this process loads the
-    index's libraries and opens the index (a third of a second that a repeated
-    mark of 100,000 blobs would otherwise wait). mark(head=...) carries on.
-
-    Only for a run that reads before it may write: a deleting sweep must hold
-    its lease and put back an interrupted run's quarantine before its mark reads
-    a link (the CLI begins only dry runs so). None where the split would not be
-    used (see split.worth_it); the caller must abandon() what it does not pass
-    to mark."""
-    if not split.worth_it(driver.name, _SPLIT_MIN_REPOSITORIES, _SPLIT_MIN_REPOSITORIES):
-        return None
-    marker = _Marker(driver, delete_untagged, None, None, 1)
-    started_at = datetime.now(UTC)
-    with _gc_paused():  # the child inherits it paused, as the mark's own fork would
-        t = time.perf_counter()
-        repos = marker.find_repositories()
-        marker.timed("repositories", t)
-        started = None
-        if len(repos) >= _SPLIT_MIN_REPOSITORIES:
-            size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
-            started = split.start(len(repos), size, marker.their_share(repos))
-    return HeadStart(marker, started_at, repos, started)
+        return _Marker(driver, delete_untagged, reference_cache, progress, workers).run()
 
 
 _gc_lock = threading.Lock()
@@ -697,15 +644,12 @@ class _Marker:
             finally:
                 self.pool = None
 
-    def mark(self, head: HeadStart | None = None) -> MarkResult:
-        if head is None:
-            started_at = datetime.now(UTC)
-            t = time.perf_counter()
-            repos = self.find_repositories()
-            t = self.timed("repositories", t)
-        else:
-            started_at, repos, t = head.started_at, head.repos, time.perf_counter()
-        self.scan_repositories(repos, head)  # and the blob listing (self.blob_hexes)
+    def mark(self) -> MarkResult:
+        started_at = datetime.now(UTC)
+        t = time.perf_counter()
+        repos = self.find_repositories()
+        t = self.timed("repositories", t)
+        self.scan_repositories(repos)  # and the blob listing (self.blob_hexes)
         t = self.timed("links", t)
         self.load_refs(self.wanted_manifests(repos))
         t = self.timed("manifests", t)
@@ -819,23 +763,21 @@ class _Marker:
             )
         return _Repository(name, markers, valid)
 
-    def scan_repositories(self, repos: list[_Repository], head: HeadStart | None = None) -> None:
+    def scan_repositories(self, repos: list[_Repository]) -> None:
         """The blob listing, and scan_repository of each repository.
 
         In one process, the listing comes first: a blob written after it is simply
         not a candidate, and it stands for the manifests' existence check. Shared
         with a forked child (if that pays), the child starts on the repositories
-        at once (or, with a head start, began before this mark), while this
-        process lists the blobs and reads the whole reference cache (for
-        load_refs), then joins in. The fork then finds this process small, and
-        the child copies less of it. The overlap does not weaken safety: in
-        either order, a push during the mark can leave a blob listed whose
-        manifest the mark did not read. What saves that blob is the sweep: its
-        grace window, and the re-check of everything linked since the mark
+        at once, while this process lists the blobs and reads the whole reference
+        cache (for load_refs), then joins in. The fork then finds this process
+        small, and the child copies less of it. The overlap does not weaken
+        safety: in either order, a push during the mark can leave a blob listed
+        whose manifest the mark did not read. What saves that blob is the sweep:
+        its grace window, and the re-check of everything linked since the mark
         began, before any delete (DESIGN.md)."""
-        shared = head is not None or (
-            self.pool is None
-            and split.worth_it(self.driver.name, len(repos), _SPLIT_MIN_REPOSITORIES)
+        shared = self.pool is None and split.worth_it(
+            self.driver.name, len(repos), _SPLIT_MIN_REPOSITORIES
         )
         if not shared:
             self.list_blobs_timed()
@@ -844,28 +786,31 @@ class _Marker:
                     self.report("repositories", done, len(repos))
             self.report("repositories", len(repos), len(repos))
             return
-        size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
-        if head is None:
-            started = split.start(len(repos), size, self.their_share(repos))
-        else:
-            started = head.started
+        scanned = 0
         # With no cached references (a first mark), the manifests are parsed here
         # too, each by the process that found its revision, rather than after.
         parse = self.cache_is_cold()
-        if started is not None:
-            started.tell(parse)
-        scanned = 0
 
         def scan_mine(start: int, stop: int) -> None:
             nonlocal scanned
             for repo in repos[start:stop]:
                 self.scan_repository(repo)
                 if parse:
-                    for h, outcome in self.parse_revisions((h, repo.name) for h in repo.revisions):
+                    for h, outcome in self.parse_revisions(repo):
                         self.loaded[h] = outcome
                         self.fresh.append(h)
             scanned += stop - start
             self.report("repositories", scanned, len(repos))
+
+        def scan_theirs(start: int, stop: int) -> tuple[Any, ...]:
+            with self.apart() as errors:
+                packed, parsed = [], []
+                for repo in repos[start:stop]:
+                    self.scan_repository(repo)
+                    if parse:
+                        parsed += [(h, _pack_outcome(o)) for h, o in self.parse_revisions(repo)]
+                    packed.append(_pack_repository(repo))
+            return packed, parsed, errors
 
         canon, digest = self.interner.canon, self.digest
 
@@ -884,45 +829,9 @@ class _Marker:
             self.list_blobs_timed()
             self.prefetch()
 
-        split.join(started, len(repos), size, scan_mine, deliver, first=first)
+        size = split.chunk_size(len(repos), _SPLIT_REPOSITORIES_CHUNK)
+        split.share(len(repos), size, scan_mine, scan_theirs, deliver, first=first)
         self.report("repositories", len(repos), len(repos))
-
-    def their_share(self, repos: list[_Repository]) -> split.Work:
-        """What a forked child does of scan_repositories: scan the repositories of
-        each chunk it claims, and send them back packed, with the manifests of
-        their revisions parsed if the parent tells it to (the cache is cold).
-        Until the parent has said, chunks are held back, unparsed."""
-
-        def work(
-            claims: Iterator[tuple[int, int]], told: split.Told
-        ) -> Iterator[tuple[int, tuple[Any, ...]]]:
-            held: list[tuple[int, list[Any], list[ScanError], list[tuple[str, str]]]] = []
-            for start, stop in claims:
-                with self.apart() as errors:
-                    packed, revisions = [], []
-                    for repo in repos[start:stop]:
-                        self.scan_repository(repo)
-                        revisions += [(h, repo.name) for h in repo.revisions]
-                        packed.append(_pack_repository(repo))
-                held.append((start, packed, errors, revisions))
-                if told.poll() is not None:
-                    yield from self.release(held, told.wait())
-            yield from self.release(held, told.wait())
-
-        return work
-
-    def release(
-        self, held: list[tuple[int, list[Any], list[ScanError], list[tuple[str, str]]]], parse: bool
-    ) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        """The child's frames of the chunks `held` (emptied), parsed if `parse`."""
-        while held:
-            start, packed, errors, revisions = held.pop(0)
-            parsed = []
-            if parse:
-                with self.apart() as more:
-                    parsed = [(h, _pack_outcome(o)) for h, o in self.parse_revisions(revisions)]
-                errors += more
-            yield start, (packed, parsed, errors)
 
     def cache_is_cold(self) -> bool:
         """Whether the reference cache is absent or empty (a cache that cannot say
@@ -935,13 +844,13 @@ class _Marker:
         except Exception:  # a failing cache shows again, and is reported, in load_refs
             return False
 
-    def parse_revisions(self, revisions: Iterable[tuple[str, str]]) -> list[tuple[str, _Loaded]]:
-        """read_manifest of each (revision, repository) not parsed yet in this process."""
+    def parse_revisions(self, repo: _Repository) -> list[tuple[str, _Loaded]]:
+        """read_manifest of each revision of `repo` not parsed yet in this process."""
         parsed = []
-        for h, name in revisions:
+        for h in repo.revisions:
             if h not in self.loaded and h not in self.parsed:
                 self.parsed.add(h)
-                parsed.append((h, self.read_manifest(h, name)))
+                parsed.append((h, self.read_manifest(h, repo.name)))
         return parsed
 
     def prefetch(self) -> None:

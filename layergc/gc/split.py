@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import select
 import signal
 import struct
 import tempfile
@@ -72,11 +71,6 @@ def chunk_size(count: int, least: int) -> int:
     return max(least, -(-count // _MAX_CHUNKS))
 
 
-# What a child runs: it takes the chunks it claims, and yields (start, result) for
-# each, when it likes (it may hold some back until the parent tells it something).
-Work = Callable[[Iterator[tuple[int, int]], "Told"], Iterator[tuple[int, Any]]]
-
-
 def share(
     count: int,
     size: int,
@@ -98,126 +92,49 @@ def share(
     What `theirs` returns must pickle, and must be all the caller needs of it: its
     effects on memory stay in the child. It must not write to shared resources
     (the index's connections, stdout): the child inherits them."""
-
-    def work(claims: Iterator[tuple[int, int]], told: Told) -> Iterator[tuple[int, R]]:
-        return ((start, theirs(start, stop)) for start, stop in claims)
-
-    join(start(count, size, work), count, size, mine, deliver, first=first)
-
-
-def start(count: int, size: int, work: Work) -> Started | None:
-    """Fork a child that starts on the chunks of range(count) at once, running
-    `work` over those it claims; join() later has this process join in. None
-    where no fork is allowed or worth it (one chunk), or the system refuses one
-    (logged): join(None, ...) then does every chunk here."""
-    if -(-count // size) < 2 or not can_fork():
-        return None
-    return _fork(range(0, count, size), count, size, work)
-
-
-def join(
-    started: Started | None,
-    count: int,
-    size: int,
-    mine: Callable[[int, int], None],
-    deliver: Callable[[int, Any], None],
-    *,
-    first: Callable[[], None] | None = None,
-) -> None:
-    """This process's side of a share begun by start() (see share)."""
+    starts = range(0, count, size)
+    child = _fork(starts, count, size, theirs) if len(starts) > 1 and can_fork() else None
     done: set[int] = set()
-    if started is None:
+    if child is None:
         if first is not None:
             first()
     else:
-        done = _share_with(started, count, size, mine, deliver, first)
-    for begin in range(0, count, size):  # all of them without a child; those it failed
-        if begin not in done:
-            mine(begin, min(begin + size, count))
-
-
-class Started:
-    """A forked child at work (see start): its pid, the queue both claim from, the
-    file of its results, and the pipe of the one word the parent may send it."""
-
-    def __init__(self, pid: int, queue: int, results: IO[bytes], word: int) -> None:
-        self.pid, self.queue, self.results, self.word = pid, queue, results, word
-        self.status: int | None = None
-
-    def tell(self, flag: bool) -> None:
-        """Send the child its one word (see Told); once."""
-        if self.word >= 0:
-            try:
-                os.write(self.word, b"\1" if flag else b"\0")
-            except BrokenPipeError:
-                pass  # the child has ended: its wait status tells how
-            finally:
-                os.close(self.word)
-                self.word = -1
-
-    def abandon(self) -> None:
-        """Kill and reap the child, and let go of what it shares with this process:
-        for a share that will not be joined (the run ended before its mark)."""
-        self.close(kill=True)
-
-    def close(self, *, kill: bool) -> int:
-        """Reap the child (killed first with `kill`), once; its wait status."""
-        if self.status is None:
-            self.tell(False)
-            if self.queue >= 0:
-                os.close(self.queue)
-                self.queue = -1
-            self.status = _reap(self.pid, kill=kill)
-            if kill:
-                self.results.close()
-        return self.status
-
-
-class Told:
-    """The child's end of the parent's one word: None until it arrives. A parent
-    that closes the pipe unsaid (it failed) said False."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.word: bool | None = None
-
-    def poll(self) -> bool | None:
-        if self.word is None and select.select([self.fd], [], [], 0)[0]:
-            self.wait()
-        return self.word
-
-    def wait(self) -> bool:
-        if self.word is None:
-            self.word = os.read(self.fd, 1) == b"\1"
-        return self.word
+        done = _share_with(child, count, size, mine, deliver, first)
+    for start in starts:  # all of them without a child; those it failed to deliver
+        if start not in done:
+            mine(start, min(start + size, count))
 
 
 def _share_with(
-    child: Started,
+    child: tuple[int, int, IO[bytes]],
     count: int,
     size: int,
     mine: Callable[[int, int], None],
-    deliver: Callable[[int, Any], None],
+    deliver: Callable[[int, R], None],
     first: Callable[[], None] | None,
 ) -> set[int]:
     """This process's side of share() beside a forked child: the chunks done."""
+    pid, queue, results = child
     done: set[int] = set()
-    with child.results as results:
+    with results:
         try:
-            if first is not None:
-                first()
-            for begin, stop in _claims(child.queue, count, size):
-                mine(begin, stop)
-                done.add(begin)
+            try:
+                if first is not None:
+                    first()
+                for start, stop in _claims(queue, count, size):
+                    mine(start, stop)
+                    done.add(start)
+            finally:
+                os.close(queue)
         except BaseException:
-            child.abandon()
+            _reap(pid, kill=True)
             raise
-        status = child.close(kill=False)
+        status = _reap(pid, kill=False)
         results.seek(0)
         delivered = 0
-        for begin, result in _frames(results):
-            deliver(begin, result)
-            done.add(begin)
+        for start, result in _frames(results):
+            deliver(start, result)
+            done.add(start)
             delivered += 1
     if status != 0:
         log.warning(
@@ -229,32 +146,30 @@ def _share_with(
     return done
 
 
-def _fork(starts: range, count: int, size: int, work: Work) -> Started | None:
-    """Fork the child; None (logged) when the system refuses (no descriptors,
-    processes or space left): one process then does it all, as it would without
-    a second CPU."""
-    queue = word_read = word_write = -1
+def _fork(
+    starts: range, count: int, size: int, theirs: Callable[[int, int], R]
+) -> tuple[int, int, IO[bytes]] | None:
+    """Fork the child: (its pid, the queue, its results file); None (logged) when
+    the system refuses (no descriptors, processes or space left): one process
+    then does it all, as it would without a second CPU."""
+    queue = -1
     results: IO[bytes] | None = None
     try:
         queue = _queue(starts)
-        word_read, word_write = os.pipe()
         # The child writes each chunk's result as soon as it is made (and frees
         # it), to a file: it never waits for the parent, busy with its own chunks.
-        results = tempfile.TemporaryFile(prefix="layergc-split-")  # noqa: SIM115 - Started closes it
+        results = tempfile.TemporaryFile(prefix="layergc-split-")  # noqa: SIM115 - the caller closes it
         pid = os.fork()
     except OSError as exc:
         log.warning("mark: cannot fork a second process (%s); one does it all", exc)
         if results is not None:
             results.close()
-        for fd in (queue, word_read, word_write):
-            if fd >= 0:
-                os.close(fd)
+        if queue >= 0:
+            os.close(queue)
         return None
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        os.close(word_write)
-        _child(results, work(_claims(queue, count, size), Told(word_read)))
-    os.close(word_read)
-    return Started(pid, queue, results, word_write)
+        _child(results, _claims(queue, count, size), theirs)
+    return pid, queue, results
 
 
 def _queue(starts: range) -> int:
@@ -279,16 +194,18 @@ def _claims(queue: int, count: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, count)
 
 
-def _child(results: IO[bytes], frames: Iterator[tuple[int, Any]]) -> None:
-    """Write each (start, result) the work yields; never return."""
+def _child(
+    results: IO[bytes], claims: Iterator[tuple[int, int]], work: Callable[[int, int], object]
+) -> None:
+    """Write (start, work(start, stop)) of each claimed chunk; never return."""
     code = 1
     try:
         # A Ctrl-C reaches the whole process group: the child just ends (the parent
         # decides what the interrupted run does), and runs none of its handlers.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for frame in frames:
-            pickle.dump(frame, results, pickle.HIGHEST_PROTOCOL)
+        for start, stop in claims:
+            pickle.dump((start, work(start, stop)), results, pickle.HIGHEST_PROTOCOL)
         results.flush()
         code = 0
     except BaseException:  # the parent sees the status, and redoes what is missing

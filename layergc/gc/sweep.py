@@ -219,10 +219,8 @@ class Sweeper:
         stop: threading.Event | None = None,
         progress: Callable[[str, int, int | None], None] | None = None,
         hook_observer: Callable[[int | None], None] | None = None,
-        head_start: scan.HeadStart | None = None,
     ) -> None:
         self.driver = driver
-        self.head_start = head_start  # a dry run's mark, begun before the run (see scan)
         self.index = index
         self.options = options
         self.blob_cache = blob_cache
@@ -327,7 +325,6 @@ class Sweeper:
             delete_untagged=opts.delete_untagged and mode == SWEEP,
             reference_cache=self._reference_cache(),
             progress=self.progress,
-            head=self.head_start if opts.dry_run else None,
         )
         report.seconds.update({f"mark.{k}": v for k, v in mark.stats.seconds.items()})
         report.repositories = len(mark.repositories)
