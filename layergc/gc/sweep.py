@@ -486,10 +486,10 @@ class Sweeper:
         # files) only once its grace in the index is over: at the default 24h grace a
         # repeated sweep stats nothing, and a first one only the new blobs' data.
         keys = {d: str(d) for d in unreferenced}
-        sizes = self.index.known_sizes("blob")
-        unsized = [d for d, key in keys.items() if key not in sizes]
-        # A blob seen for the first time is due at once only with a zero grace.
+        # At a zero grace every candidate is due, and its stat gives its size.
         links = self.options.grace <= timedelta(0)
+        sizes = {} if links else self.index.known_sizes("blob")
+        unsized = [d for d, key in keys.items() if key not in sizes]
         infos = self._stat_blobs(unsized, mark.layer_links, report, links=links)
         observed: list[tuple[str, str | None, int | None]] = []
         for d, key in keys.items():
