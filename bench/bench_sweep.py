@@ -342,9 +342,8 @@ def bench_size(
     for _ in range(repeat):
         for case in CASES:  # interleaved, so a burst of load hits every case alike
             results[case].warm.append(bench.run(case))
+    bench.reset_index()
     for case in ("first", "repeat"):  # warm; "repeat" over the index "first" leaves
-        if case == "first":
-            bench.reset_index()
         results[case].pss_mib = peak_tree_pss(bench.command(case), bench.env)
     if cold_note is None:
         for _ in range(cold_repeat):

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import orjson
 
 from layergc.errors import ConfigError, LayergcError
 from layergc.signals import stop_on_signals
@@ -146,7 +145,9 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
     finally:
         progress.close()
     if settings.json:
-        click.echo(orjson.dumps(report).decode())
+        from layergc.gc.index import json_text  # loaded already, by run_sweep
+
+        click.echo(json_text(report))
     else:
         click.echo(render(report))
     sys.exit(EXIT_OK if report["status"] == "succeeded" and not report["errors"] else EXIT_ERRORS)

@@ -212,6 +212,7 @@ def sweep_report(root: Path, db: Path, *, dry_run: bool) -> dict[str, object]:
     return report.as_json()
 
 
+@pytest.mark.usefixtures("forking")
 def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,7 +224,6 @@ def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
     forks = count_forks(monkeypatch)
-    monkeypatch.setattr(split, "can_fork", lambda: True)
     shared = [sweep_report(tmp_path / "a", tmp_path / "a.db", dry_run=d) for d in (True, False)]
     assert forks == [2]  # one a mark
     monkeypatch.setattr(split, "can_fork", lambda: False)

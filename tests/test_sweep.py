@@ -411,3 +411,26 @@ def test_a_blob_seen_first_at_zero_grace_is_stated_once_with_its_links(index: An
     assert actions(report.blobs) == {str(orphan): WOULD_DELETE}
     assert driver.stated.count(paths.blob_data(orphan)) == 1
     assert driver.stated.count(paths.layer_link("team/app", orphan)) == 1
+
+
+def test_a_blob_that_cannot_be_stated_is_tried_and_reported_once(index: Any) -> None:
+    from layergc.errors import StorageDriverError
+
+    class Failing(CountingStats):
+        failing = ""
+
+        def stat(self, path: str) -> Any:
+            if path == self.failing:
+                self.stated.append(path)
+                raise StorageDriverError(f"injected: {path}")
+            return super().stat(path)
+
+    driver = Failing()
+    store = Store(driver)
+    orphan = store.layer("team/app")
+    driver.failing = paths.blob_data(orphan)
+    driver.stated.clear()
+    report = sweep(store, index, SweepOptions(dry_run=True, grace=timedelta(0)))
+    assert report.blobs == []  # left alone
+    assert driver.stated.count(paths.blob_data(orphan)) == 1
+    assert [e["kind"] for e in report.errors] == ["stat-failed"]

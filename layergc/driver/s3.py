@@ -809,6 +809,11 @@ class S3Driver(StorageDriver):
         keys = [o["Key"] for o in inside]
         return inside, self._split(path, prefix, key_range, keys, children)
 
+    def _page_size(self, estimate: int) -> int:
+        """MaxKeys for a range expected to hold `estimate` keys: a little more, so
+        that an estimate a bit short still ends in one request."""
+        return min(self.list_max, math.ceil(estimate * 1.15) + 16)
+
     def _split(
         self,
         path: str,
@@ -829,8 +834,7 @@ class S3Driver(StorageDriver):
             if 0 < left <= _CONTINUE_PAGES * self.list_max:
                 # A page or two more as expected: go on rather than list the
                 # sub-folders to cut it (a request, and ranges of part pages).
-                size = min(self.list_max, math.ceil(left * 1.15) + 16)
-                return [_KeyRange(last, key_range.stop, size, estimate=left)]
+                return [_KeyRange(last, key_range.stop, self._page_size(left), estimate=left)]
         folder = prefix
         while True:
             kids = self._children(path, folder, children)
@@ -867,7 +871,7 @@ class S3Driver(StorageDriver):
                 _KeyRange(
                     last if first == 0 else points[first - 1],
                     key_range.stop if end == gaps else points[end - 1],
-                    min(self.list_max, math.ceil(estimate * 1.15) + 16),
+                    self._page_size(estimate),
                     estimate=estimate if begun > 0 else None,
                 )
             )

@@ -593,46 +593,46 @@ class Index:
         first_seen: dict[str, datetime] = {}
         columns = {"key": Text(), "repository": Text(), "size": BigInteger()}
         src = self._bulk_rows(columns).subquery("observed")
+        ins = self._insert(Candidate)
+        stmt = (
+            ins.from_select(
+                [
+                    *(c.key, c.repository, c.size, c.kind, c.state, c.last_run_id),
+                    *(c.first_seen_unreferenced, c.last_seen),
+                ],
+                select(
+                    src.c.key,
+                    src.c.repository,
+                    src.c.size,
+                    literal(kind, String()),
+                    literal("pending", String()),
+                    literal(int(run_id), Integer()),
+                    when,
+                    when,
+                ).where(true()),
+            )
+            .on_conflict_do_update(
+                index_elements=[c.kind, c.key],
+                set_={
+                    "first_seen_unreferenced": case(
+                        (grace_continues, c.first_seen_unreferenced),
+                        else_=ins.excluded.first_seen_unreferenced,
+                    ),
+                    "last_seen": ins.excluded.last_seen,
+                    "last_run_id": ins.excluded.last_run_id,
+                    "state": case(
+                        (c.state == "quarantined", c.state), else_=ins.excluded.state
+                    ),
+                    "repository": func.coalesce(ins.excluded.repository, c.repository),
+                    "size": func.coalesce(ins.excluded.size, c.size),
+                },
+            )
+            .returning(c.key, c.first_seen_unreferenced)
+        )
         with self.engine.begin() as conn:
             for chunk in _chunks(items, CHUNK):
                 # One statement must not touch a row twice (PostgreSQL refuses): last one wins.
                 rows = list({item[0]: tuple(item[:3]) for item in chunk}.values())
-                ins = self._insert(Candidate)
-                stmt = (
-                    ins.from_select(
-                        [
-                            *(c.key, c.repository, c.size, c.kind, c.state, c.last_run_id),
-                            *(c.first_seen_unreferenced, c.last_seen),
-                        ],
-                        select(
-                            src.c.key,
-                            src.c.repository,
-                            src.c.size,
-                            literal(kind, String()),
-                            literal("pending", String()),
-                            literal(int(run_id), Integer()),
-                            when,
-                            when,
-                        ).where(true()),
-                    )
-                    .on_conflict_do_update(
-                        index_elements=[c.kind, c.key],
-                        set_={
-                            "first_seen_unreferenced": case(
-                                (grace_continues, c.first_seen_unreferenced),
-                                else_=ins.excluded.first_seen_unreferenced,
-                            ),
-                            "last_seen": ins.excluded.last_seen,
-                            "last_run_id": ins.excluded.last_run_id,
-                            "state": case(
-                                (c.state == "quarantined", c.state), else_=ins.excluded.state
-                            ),
-                            "repository": func.coalesce(ins.excluded.repository, c.repository),
-                            "size": func.coalesce(ins.excluded.size, c.size),
-                        },
-                    )
-                    .returning(c.key, c.first_seen_unreferenced)
-                )
                 params = self._bulk_params(columns, rows)
                 first_seen.update(conn.execute(stmt, params).all())  # rows of (key, first_seen)
         return first_seen

@@ -71,6 +71,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 from layergc.digest import ALGORITHMS, Digest
@@ -662,7 +663,7 @@ class _Marker:
     def list_blobs_timed(self) -> None:
         t = time.perf_counter()
         self.blob_hexes = self.list_blobs()
-        self.stats.seconds["blobs"] = round(time.perf_counter() - t, 4)
+        self.timed("blobs", t)
 
     def list_blobs(self) -> list[str]:
         """Every blob folder `blobs/<alg>/<xx>/<hex>`, by name alone, sorted; each
@@ -687,8 +688,7 @@ class _Marker:
                 names = self.list_dirs(folder, None, blocking=False, typed=False) or []
                 if not _all_hex(names, length, prefix):
                     names = self.valid_names(names, length, folder, None, "blob", prefix)
-                for name in names:
-                    interner[name] = make_digest(algorithm, name)
+                interner.update(zip(names, map(make_digest, repeat(algorithm), names), strict=True))
                 hexes.extend(names)
                 if i % 32 == 31:
                     self.report("blobs", len(hexes), None)
@@ -869,6 +869,8 @@ class _Marker:
     def adopt(self, errors: list[ScanError]) -> None:
         """Errors a forked child reported (see apart), but those this process
         reported too (both may parse one manifest shared by their repositories)."""
+        if not errors:
+            return
         known = set(self.errors)
         self.errors.extend(e for e in errors if e not in known)
         self.blocked |= any(e.blocking for e in errors)

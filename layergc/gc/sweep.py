@@ -491,11 +491,8 @@ class Sweeper:
         sizes = {} if links else self.index.known_sizes("blob")
         unsized = [d for d, key in keys.items() if key not in sizes]
         infos = self._stat_blobs(unsized, mark.layer_links, report, links=links)
-        observed: list[tuple[str, str | None, int | None]] = []
-        for d, key in keys.items():
-            info = infos.get(d)
-            if info is not None or key in sizes:  # else vanished, or not stat'ed (reported)
-                observed.append((key, None, info[0] if info is not None else sizes[key]))
+        sizes.update((keys[d], size) for d, (size, _old) in infos.items())
+        observed = [(key, None, sizes[key]) for key in keys.values() if key in sizes]
         first_seen = self.index.observe_unreferenced(report.run_id, "blob", observed, now)
         self.index.forget_absent("blob", report.run_id)
         if mark.blob_deletion_blocked:
@@ -504,29 +501,24 @@ class Sweeper:
                 "blob deletion is blocked for this run: a manifest could not be parsed or "
                 "something under repositories/ could not be read (see errors)"
             )
-        due = [
+        # Past its grace in the index: deletable if its files are old enough too.
+        ready = {
             d
             for d, key in keys.items()
-            if not mark.blob_deletion_blocked
-            and not (links and d in infos)  # its links were stat'ed with its data
-            and self._old_enough(first_seen.get(key, now), now)
-        ]
+            if not mark.blob_deletion_blocked and self._old_enough(first_seen.get(key, now), now)
+        }
+        # At a zero grace the first stat looked at every candidate's links already.
+        due = [] if links else [d for d in keys if d in ready]
         checked = {*unsized, *due}
         infos.update(self._stat_blobs(due, mark.layer_links, report, links=True))
         doomed: list[Doomed] = []
         by_repository: dict[str, int] = defaultdict(int)
         for digest, key in keys.items():
             info = infos.get(digest)
-            if info is None:
-                if digest in checked:
-                    continue  # vanished while we looked, or could not be stat'ed (reported)
-                info = (sizes[key], False)  # not stat'ed: inside its grace, or blocked
-            size, old_enough = info
-            eligible = (
-                old_enough
-                and not mark.blob_deletion_blocked
-                and self._old_enough(first_seen.get(key, now), now)
-            )
+            if info is None and digest in checked:
+                continue  # vanished while we looked, or could not be stat'ed (reported)
+            size = info[0] if info is not None else sizes[key]
+            eligible = info is not None and info[1] and digest in ready
             action = WOULD_DELETE if eligible else DEFERRED
             report.blobs.append({"digest": key, "size": size, "action": action})
             report.bytes_reclaimable += size
@@ -544,11 +536,13 @@ class Sweeper:
         layer_links: Mapping[Digest, list[str]],
         report: Report,
         *,
-        links: bool = False,
+        links: bool,
     ) -> dict[Digest, tuple[int, bool]]:
         """Size of each blob, and whether its data (and, with `links`, every layer
         link to it) is older than the grace window. One that cannot be stat'ed (a
         storage error, a symlink) is reported and left alone."""
+        if not digests:
+            return {}
         now = _now()
 
         def one(digest: Digest) -> tuple[Digest, tuple[int, bool] | str | None]:
@@ -594,8 +588,8 @@ class Sweeper:
         # as the mark has, copied 17 MiB of this process's pages at 100,000 blobs,
         # at the run's peak of memory: see gc/split.py.)
         started = time.perf_counter()
-        collect(some(chunks[0]) if chunks else [])
-        if chunks and (time.perf_counter() - started) / len(chunks[0]) < _INLINE_STAT_SECONDS:
+        collect(some(chunks[0]))
+        if (time.perf_counter() - started) / len(chunks[0]) < _INLINE_STAT_SECONDS:
             for chunk in chunks[1:]:
                 collect(some(chunk))
         elif len(chunks) > 1:
