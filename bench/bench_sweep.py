@@ -209,6 +209,18 @@ def cached_mib() -> float:
     return float("nan")
 
 
+def compile_layergc() -> None:
+    """Compile layergc's modules to bytecode once, as installing a wheel does. An
+    editable install does not, and under PYTHONDONTWRITEBYTECODE (set on the machines
+    these figures come from) each run compiled every module again: 0.12 s of every
+    layergc run, and of no other case."""
+    import compileall
+
+    import layergc
+
+    compileall.compile_dir(Path(layergc.__file__).parent, quiet=1)
+
+
 def layergc_command() -> list[str]:
     """The installed console script beside this interpreter (not a pyenv shim,
     whose own start-up would be measured too), else `python -m layergc.cli`."""
@@ -574,6 +586,7 @@ def main() -> None:
 
     if shutil.which(GO_BINARY) is None:
         raise SystemExit(f"{GO_BINARY} is not installed (Debian package docker-registry)")
+    compile_layergc()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
