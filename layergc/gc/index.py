@@ -910,13 +910,28 @@ class Index:
             "subject": Text(),
             "extra": Text(),
         }
+        names = list(columns)
         offered = 0
+        if self._dialect == "sqlite":
+            # No parameter needs converting, and SQLite's own executemany of the plain
+            # INSERT (as SQLAlchemy compiles it) costs less than rows unpacked by
+            # json_each: 0.20 s against 0.29 s for a first mark's 18,000 entries.
+            plain = (
+                self._insert(ManifestReferences)
+                .values({name: bindparam(name) for name in names})
+                .on_conflict_do_nothing(index_elements=[m.digest])
+            )
+            compiled = plain.compile(dialect=self.engine.dialect)
+            if list(compiled.positiontup or ()) != names:
+                raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
+            with self.engine.begin() as conn:
+                for chunk in _chunks(rows, REFERENCE_WRITE_CHUNK):
+                    conn.exec_driver_sql(str(compiled), chunk)
+                    offered += len(chunk)
+            return offered
         src = self._bulk_rows(columns).subquery("refs")
         # `extra` travels as JSON text; PostgreSQL stores it as jsonb.
-        extra: Any = src.c.extra
-        if self._dialect == "postgresql":
-            extra = cast(extra, _postgresql().JSONB)
-        names = list(columns)
+        extra = cast(src.c.extra, _postgresql().JSONB)
         stmt = (
             self._insert(ManifestReferences)
             .from_select(
