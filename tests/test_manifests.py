@@ -240,12 +240,12 @@ def test_make_digest_is_a_plain_digest() -> None:
     assert isinstance(d, Digest)
 
 
-def test_known_hex_skips_the_check_but_not_the_length() -> None:
-    hex_ = dg(1).hex
-    known = {hex_, "not-hex-but-known"}
-    content = image(mt.OCI_MANIFEST, dg(0), [dg(1)])
-    assert references(content, known_hex=known).blobs == (dg(0), dg(1))
-    # A known sha256 hex under another algorithm is still a malformed digest.
-    wrong = enc({"config": desc(dg(0)), "layers": [desc(f"sha512:{hex_}")]})
+def test_a_known_hex_under_another_algorithm_is_malformed() -> None:
+    """The interner knows a sha256 digest by its hex alone: the same hex named
+    sha512 (whose hex is twice as long) is still a malformed reference."""
+    known = dg(1)
+    intern = {known.hex: known}
+    assert references(image(mt.OCI_MANIFEST, dg(0), [known]), intern=intern).blobs[1] is known
+    wrong = enc({"config": desc(dg(0)), "layers": [desc(f"sha512:{known.hex}")]})
     with pytest.raises(InvalidManifest):
-        references(wrong, known_hex=known)
+        references(wrong, intern=intern)

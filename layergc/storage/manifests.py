@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
 from layergc.digest import ALGORITHMS, Digest
@@ -117,7 +117,6 @@ def references(
     media_type_hint: str | None = None,
     *,
     intern: dict[str, Digest] | None = None,
-    known_hex: Container[str] = (),
 ) -> ManifestRefs:
     """Parse a stored manifest and say what it references.
 
@@ -128,8 +127,6 @@ def references(
 
     `intern` (hex -> Digest, filled as it goes) lets a caller parsing many
     manifests share one Digest object per digest: less memory, faster sets.
-    `known_hex` holds hex strings already validated (say, the blob store's
-    listing): they are not checked again.
     """
     doc = _load(content)
     media_type = doc.get("mediaType")
@@ -141,7 +138,7 @@ def references(
     media_type = sys.intern(media_type)  # a few distinct values, held by thousands
     if intern is None:
         intern = {}
-    table = _Table(intern, known_hex)
+    table = _Table(intern)
     # Keyed by hex (unique across the supported algorithms: their lengths
     # differ), which hashes faster than a Digest; insertion order is kept.
     blobs: dict[str, Digest] = {}
@@ -194,11 +191,10 @@ def parse_reference(value: object, intern: dict[str, Digest] | None = None) -> D
 class _Table:
     """The Digests of one parse: shared through `by_hex` (see references())."""
 
-    __slots__ = ("by_hex", "known")
+    __slots__ = ("by_hex",)
 
-    def __init__(self, by_hex: dict[str, Digest], known: Container[str] = ()) -> None:
+    def __init__(self, by_hex: dict[str, Digest]) -> None:
         self.by_hex = by_hex
-        self.known = known
 
     def new(self, algorithm: str, encoded: str) -> Digest | None:
         """The Digest of a well-formed supported digest (registered), else None."""
@@ -206,9 +202,7 @@ class _Table:
         if name is None:
             return None
         length = ALGORITHMS[name]
-        if len(encoded) != length or (
-            encoded not in self.known and not is_lower_hex(encoded, length)
-        ):
+        if not is_lower_hex(encoded, length):
             return None
         # One string per hex, shared with every other holder (listings, links).
         encoded = sys.intern(encoded)
