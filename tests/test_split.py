@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from layergc.digest import Digest
 from layergc.driver.filesystem import FilesystemDriver
 from layergc.gc import scan, split
 from layergc.gc.treegen import generate
@@ -181,6 +182,31 @@ def test_a_split_mark_finds_what_a_one_process_mark_finds(
     assert kinds.count(scan.UNPARSEABLE_MANIFEST) == 1
     assert shared.blob_deletion_blocked
     assert len(shared.unreferenced) > 0
+
+
+def test_a_manifest_shared_by_both_processes_is_reported_once(
+    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unparseable manifest that every repository holds is parsed by both
+    processes, each for a repository of its own: reported once, as in one process."""
+    root = Path(tree.root)
+    repos = sorted(
+        p.parent.relative_to(root / paths.REPOSITORIES.lstrip("/")).as_posix()
+        for p in (root / paths.REPOSITORIES.lstrip("/")).rglob("_manifests")
+    )
+    bad = Digest.of(b"{")
+    data = root / paths.blob_data(bad).lstrip("/")
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"{")
+    for repo in repos:
+        link = root / paths.manifest_revision_link(repo, bad).lstrip("/")
+        link.parent.mkdir(parents=True)
+        link.write_text(str(bad))
+    alone, shared, forks = mark_both(tree, monkeypatch)
+    assert forks == 1
+    about = [e for e in shared.errors if e.path == paths.blob_data(bad)]
+    assert [e.kind for e in about] == [scan.UNPARSEABLE_MANIFEST]
+    assert len([e for e in alone.errors if e.path == paths.blob_data(bad)]) == 1
 
 
 def test_a_split_mark_with_a_reference_cache(

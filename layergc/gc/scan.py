@@ -141,6 +141,11 @@ class ScanError:
     warning: bool = False
 
 
+def _about(error: ScanError) -> tuple[str, str, str]:
+    """What an error is about, whichever repository met it."""
+    return error.kind, error.path, error.message
+
+
 class ManifestEntry(NamedTuple):
     repository: str
     digest: Digest
@@ -868,11 +873,16 @@ class _Marker:
 
     def adopt(self, errors: list[ScanError]) -> None:
         """Errors a forked child reported (see apart), but those this process
-        reported too (both may parse one manifest shared by their repositories)."""
+        reported too. Both may parse one manifest shared by their repositories, each
+        naming its own repository: what the error is about (its kind, its path and
+        message) says whether it is the same, and a one-process mark reports it once."""
         if not errors:
             return
-        known = set(self.errors)
-        self.errors.extend(e for e in errors if e not in known)
+        known = {_about(e) for e in self.errors}
+        for e in errors:
+            if _about(e) not in known:
+                known.add(_about(e))
+                self.errors.append(e)
         self.blocked |= any(e.blocking for e in errors)
 
     @contextlib.contextmanager
