@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from layergc.digest import Digest
 from layergc.driver.base import StorageDriver
 from layergc.driver.inmemory import InMemoryDriver
+from layergc.errors import StorageDriverError
 from layergc.gc.db import open_index
 from layergc.gc.sweep import (
     DEFERRED,
@@ -362,14 +364,18 @@ def test_stale_uploads_are_purged_and_fresh_ones_kept(store: Store, index: Any) 
 
 
 class CountingStats(InMemoryDriver):
-    """An in-memory driver that records every path stat'ed."""
+    """An in-memory driver that records every path stat'ed, and fails the stat of
+    `failing`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stated: list[str] = []
+        self.failing = ""
 
     def stat(self, path: str) -> Any:
         self.stated.append(path)
+        if path == self.failing:
+            raise StorageDriverError(f"injected: {path}")
         return super().stat(path)
 
 
@@ -414,18 +420,7 @@ def test_a_blob_seen_first_at_zero_grace_is_stated_once_with_its_links(index: An
 
 
 def test_a_blob_that_cannot_be_stated_is_tried_and_reported_once(index: Any) -> None:
-    from layergc.errors import StorageDriverError
-
-    class Failing(CountingStats):
-        failing = ""
-
-        def stat(self, path: str) -> Any:
-            if path == self.failing:
-                self.stated.append(path)
-                raise StorageDriverError(f"injected: {path}")
-            return super().stat(path)
-
-    driver = Failing()
+    driver = CountingStats()
     store = Store(driver)
     orphan = store.layer("team/app")
     driver.failing = paths.blob_data(orphan)
@@ -434,3 +429,21 @@ def test_a_blob_that_cannot_be_stated_is_tried_and_reported_once(index: Any) -> 
     assert report.blobs == []  # left alone
     assert driver.stated.count(paths.blob_data(orphan)) == 1
     assert [e["kind"] for e in report.errors] == ["stat-failed"]
+
+
+def test_a_due_blob_without_a_recorded_size_is_judged_by_its_links_too(index: Any) -> None:
+    """A candidate past its grace whose size the index lacks is stat'ed for its size,
+    then with its links: when a link cannot be stat'ed, the blob is left alone."""
+    driver = CountingStats()
+    store = Store(driver)
+    orphan = store.layer("team/app")
+    run_id = index.start_run(mode="sweep", dry_run=True)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    index.observe_unreferenced(run_id, "blob", [(str(orphan), None, None)], an_hour_ago)
+    index.finish_run(run_id, status="succeeded")
+    time.sleep(0.01)  # the data is then older than the grace below
+    driver.failing = paths.layer_link("team/app", orphan)
+    report = sweep(store, index, SweepOptions(dry_run=True, grace=timedelta(milliseconds=1)))
+    assert report.blobs == []  # left alone
+    assert [e["kind"] for e in report.errors] == ["stat-failed"]
+

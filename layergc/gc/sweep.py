@@ -510,6 +510,10 @@ class Sweeper:
         # At a zero grace the first stat looked at every candidate's links already.
         due = [] if links else [d for d in keys if d in ready]
         checked = {*unsized, *due}
+        # A due blob's stat with its links is the one that counts: a blob both unsized
+        # (no size recorded) and due keeps no data-only answer if its links fail.
+        for d in due:
+            infos.pop(d, None)
         infos.update(self._stat_blobs(due, mark.layer_links, report, links=True))
         doomed: list[Doomed] = []
         by_repository: dict[str, int] = defaultdict(int)
