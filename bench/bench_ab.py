@@ -25,11 +25,9 @@ phase of the report's `seconds`.
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import ROOT, ensure_tree
+from bench_sweep import ROOT, compile_layergc, ensure_tree, remove_index
 
 # What both versions must agree on, run after run.
 _SAME = ("blobs", "uploads", "errors", "bytes_reclaimable")
@@ -55,11 +53,10 @@ class Version:
     cpus: list[float] = field(default_factory=list)
     phases: list[dict[str, float]] = field(default_factory=list)
 
-    def run(self, tree_root: Path, *, fresh_index: bool) -> dict[str, Any]:
-        """One dry run; its report. Wall and CPU time are recorded."""
+    def run(self, tree_root: Path, *, fresh_index: bool, record: bool = True) -> dict[str, Any]:
+        """One dry run; its report. Wall and CPU time are recorded, with `record`."""
         if fresh_index:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+            remove_index(self.db)
         cmd = [sys.executable, "-m", "layergc.cli", "sweep", "--root", str(tree_root)]
         cmd += ["--db", str(self.db), "--dry-run", "--grace", "0s", "--json"]
         env = {**os.environ, "PYTHONPATH": str(self.source)}
@@ -71,16 +68,12 @@ class Version:
         if done.returncode != 0:
             raise SystemExit(f"{self.name}: exit {done.returncode}: {done.stderr[-2000:]!r}")
         report: dict[str, Any] = json.loads(done.stdout)
+        if not record:
+            return report
         self.walls.append(wall)
         self.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         self.phases.append(report["seconds"])
         return report
-
-    def forget(self) -> None:
-        """Drop what was recorded (an untimed run's)."""
-        self.walls.clear()
-        self.cpus.clear()
-        self.phases.clear()
 
     def row(self) -> str:
         phases = {k: statistics.median(p[k] for p in self.phases) for k in self.phases[0]}
@@ -92,15 +85,14 @@ class Version:
         )
 
 
-def checkout(commit: str, into: Path) -> Path:
-    """`commit`'s tree in `into` (a detached git worktree): the folder holding layergc."""
+def checkout(commit: str, into: Path) -> None:
+    """`commit`'s tree in `into`, a detached git worktree."""
     subprocess.run(
         ["git", "worktree", "add", "--detach", "--force", str(into), commit],
         cwd=ROOT,
         check=True,
         capture_output=True,
     )
-    return into
 
 
 def main() -> None:
@@ -118,17 +110,17 @@ def main() -> None:
     tree = ensure_tree(workdir, args.blobs, args.seed)
     fresh = args.case == "first"
     with tempfile.TemporaryDirectory(prefix="layergc-ab-") as tmp:
-        base_tree = checkout(args.base, Path(tmp) / "base")
+        base_tree = Path(tmp) / "base"
+        checkout(args.base, base_tree)
         try:
             versions = [
                 Version(f"base {args.base}", base_tree, Path(tmp) / "base.db"),
                 Version("working tree", ROOT, Path(tmp) / "work.db"),
             ]
             for v in versions:
-                compileall.compile_dir(v.source / "layergc", quiet=1)
+                compile_layergc(v.source / "layergc")
                 if not fresh:
-                    v.run(tree.root, fresh_index=True)  # the index to repeat over
-                    v.forget()
+                    v.run(tree.root, fresh_index=True, record=False)  # the index to repeat over
             for i in range(args.rounds):
                 reports = {}
                 for v in versions if i % 2 == 0 else versions[::-1]:
@@ -140,7 +132,6 @@ def main() -> None:
                 print(f"round {i + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
-            shutil.rmtree(base_tree, ignore_errors=True)
             subprocess.run(["git", "worktree", "prune"], cwd=ROOT)
     print(f"{args.case} dry runs, {tree.blobs:,} blobs, {args.rounds} interleaved rounds")
     print("| version | wall median s | wall min s | CPU median s | phases, medians (s) |")

@@ -187,6 +187,8 @@ def peak_tree_pss(cmd: list[str], env: dict[str, str] | None) -> float:
         while p.poll() is None:
             peak = max(peak, tree_pss_kib(p.pid))
             time.sleep(0.002)
+    if p.returncode != 0:
+        raise SystemExit(f"the memory run failed (exit {p.returncode}): {' '.join(cmd)}")
     return peak / 1024
 
 
@@ -209,16 +211,24 @@ def cached_mib() -> float:
     return float("nan")
 
 
-def compile_layergc() -> None:
-    """Compile layergc's modules to bytecode once, as installing a wheel does. An
-    editable install does not, and under PYTHONDONTWRITEBYTECODE (set on the machines
-    these figures come from) each run compiled every module again: 0.12 s of every
-    layergc run, and of no other case."""
+def compile_layergc(package: Path | None = None) -> None:
+    """Compile layergc's modules (the installed package, or the one in `package`) to
+    bytecode once, as installing a wheel does. An editable install does not, and under
+    PYTHONDONTWRITEBYTECODE (set on the machines these figures come from) each run
+    compiled every module again: 0.12 s of every layergc run, and of no other case."""
     import compileall
 
-    import layergc
+    if package is None:
+        import layergc
 
-    compileall.compile_dir(Path(layergc.__file__).parent, quiet=1)
+        package = Path(layergc.__file__).parent
+    compileall.compile_dir(package, quiet=1)
+
+
+def remove_index(db: Path) -> None:
+    """Delete a SQLite index and the files SQLite keeps beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
 def layergc_command() -> list[str]:
@@ -298,8 +308,7 @@ class Bench:
         self.env = env
 
     def reset_index(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        remove_index(self.db)
 
     def command(self, case: str) -> list[str]:
         root = str(self.tree.root)
@@ -609,7 +618,11 @@ def main() -> None:
             print(f"benchmarking {tree.blobs:,} blobs...", file=sys.stderr, flush=True)
             results, load = bench_size(tree, workdir, args.repeat, args.cold_repeat, cold_note)
             dump[str(tree.blobs)] = {
-                c: {"warm": [vars(s) for s in r.warm], "cold": [vars(s) for s in r.cold]}
+                c: {
+                    "warm": [vars(s) for s in r.warm],
+                    "cold": [vars(s) for s in r.cold],
+                    "pss_mib": r.pss_mib,
+                }
                 for c, r in results.items()
             }
             block = [f"{tree.blobs:,} blobs ({tree.summary['files']:,} files), {load}"]

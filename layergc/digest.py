@@ -11,6 +11,8 @@ from layergc.errors import InvalidDigest
 
 # Algorithms the registry stores blobs under, with their hex lengths.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
+# Their hex lengths differ: the hex alone names the algorithm.
+ALGORITHM_OF_LENGTH: dict[int, str] = {length: name for name, length in ALGORITHMS.items()}
 CANONICAL = "sha256"
 
 _VALID_RE = re.compile(

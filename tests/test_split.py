@@ -6,8 +6,10 @@ included."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ import pytest
 from layergc.digest import Digest
 from layergc.driver.filesystem import FilesystemDriver
 from layergc.gc import scan, split
+from layergc.gc.db import open_index
+from layergc.gc.sweep import Sweeper, SweepOptions
 from layergc.gc.treegen import generate
 from layergc.storage import paths
 
@@ -110,24 +114,25 @@ def test_chunk_size_keeps_the_queue_within_a_pipe() -> None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> FilesystemDriver:
-    """A generated tree (40 repositories), with one corrupt tag link, one corrupt
-    revision link and one unparseable manifest, spread so that either process may
-    meet them."""
+def generated(tmp_path: Path) -> tuple[FilesystemDriver, list[str]]:
+    """A generated tree (39 repositories), and its repositories' names, sorted."""
     driver = FilesystemDriver(tmp_path / "root")
-    generate(driver, 2000, seed=5)
-    repos = sorted(
-        p.parent.relative_to(driver.root + paths.REPOSITORIES).as_posix()
-        for p in Path(driver.root + paths.REPOSITORIES).rglob("_manifests")
-    )
+    summary = generate(driver, 2000, seed=5)
+    return driver, sorted(summary.repositories)
+
+
+@pytest.fixture
+def tree(generated: tuple[FilesystemDriver, list[str]]) -> FilesystemDriver:
+    """The generated tree with one corrupt tag link, one corrupt revision link and
+    one unparseable manifest, spread so that either process may meet them."""
+    driver, repos = generated
     tag_dir = Path(driver.root + paths.tags_dir(repos[3]))
     tag = next(tag_dir.iterdir())
     (tag / "current" / "link").write_bytes(b"sha256:nothex")
     revisions = Path(driver.root + paths.manifest_revisions_dir(repos[20], "sha256"))
     first, second = sorted(revisions.iterdir())[:2]
     (first / "link").write_bytes(b"garbage")
-    hex_ = second.name
-    (Path(driver.root + paths.BLOBS) / "sha256" / hex_[:2] / hex_ / "data").write_bytes(b"{")
+    Path(driver.root + paths.blob_data(Digest("sha256", second.name))).write_bytes(b"{")
     return driver
 
 
@@ -147,9 +152,8 @@ def count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def mark_both(driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple:
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
     monkeypatch.setattr(scan, "_SPLIT_REPOSITORIES_CHUNK", 3)
-    monkeypatch.setenv(split.ENV, "1")
+    monkeypatch.setattr(split, "can_fork", lambda: False)
     alone = scan.mark(driver, **kw)  # type: ignore[arg-type]
-    monkeypatch.delenv(split.ENV)
     monkeypatch.setattr(split, "can_fork", lambda: True)
     forks = count_forks(monkeypatch)
     shared = scan.mark(driver, **kw)  # type: ignore[arg-type]
@@ -185,23 +189,16 @@ def test_a_split_mark_finds_what_a_one_process_mark_finds(
 
 
 def test_a_manifest_shared_by_both_processes_is_reported_once(
-    tree: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+    tree: FilesystemDriver,
+    generated: tuple[FilesystemDriver, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An unparseable manifest that every repository holds is parsed by both
     processes, each for a repository of its own: reported once, as in one process."""
-    root = Path(tree.root)
-    repos = sorted(
-        p.parent.relative_to(root / paths.REPOSITORIES.lstrip("/")).as_posix()
-        for p in (root / paths.REPOSITORIES.lstrip("/")).rglob("_manifests")
-    )
     bad = Digest.of(b"{")
-    data = root / paths.blob_data(bad).lstrip("/")
-    data.parent.mkdir(parents=True)
-    data.write_bytes(b"{")
-    for repo in repos:
-        link = root / paths.manifest_revision_link(repo, bad).lstrip("/")
-        link.parent.mkdir(parents=True)
-        link.write_text(str(bad))
+    tree.put_content(paths.blob_data(bad), b"{")
+    for repo in generated[1]:
+        tree.put_content(paths.manifest_revision_link(repo, bad), str(bad).encode())
     alone, shared, forks = mark_both(tree, monkeypatch)
     assert forks == 1
     about = [e for e in shared.errors if e.path == paths.blob_data(bad)]
@@ -227,11 +224,6 @@ def test_a_split_mark_with_a_reference_cache(
 
 
 def sweep_report(root: Path, db: Path, *, dry_run: bool) -> dict[str, object]:
-    from datetime import timedelta
-
-    from layergc.gc.db import open_index
-    from layergc.gc.sweep import Sweeper, SweepOptions
-
     driver = FilesystemDriver(root)
     with open_index(f"sqlite:///{db}") as index:
         report = Sweeper(driver, index, SweepOptions(dry_run=dry_run, grace=timedelta(0))).run()
@@ -244,8 +236,6 @@ def test_a_sweep_with_a_split_mark_reports_and_deletes_the_same(
 ) -> None:
     """The report of a dry run and of a real sweep, and what the real sweep deletes,
     match one-process sweeps of a copy."""
-    import shutil
-
     generate(FilesystemDriver(tmp_path / "a"), 2000, seed=9)
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)

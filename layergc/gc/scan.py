@@ -74,7 +74,7 @@ from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
-from layergc.digest import ALGORITHMS, Digest
+from layergc.digest import ALGORITHM_OF_LENGTH, ALGORITHMS, Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import InvalidLink, InvalidManifest, PathNotFound
 from layergc.gc import split
@@ -122,9 +122,8 @@ def _all_hex(names: list[str], length: int, prefix: str = "") -> bool:
 
 
 # Internally a digest is its hex string: the supported algorithms have hex of
-# different lengths, so the hex alone names the digest, and a str hashes in C
+# different lengths (ALGORITHM_OF_LENGTH), so the hex alone names the digest, and a str hashes in C
 # where a Digest (a Python dataclass) does not. Digests are made at the edges.
-_ALGORITHM_OF_LENGTH = {length: algorithm for algorithm, length in ALGORITHMS.items()}
 _hex_attr = operator.attrgetter("hex")
 _HASHES = {algorithm: getattr(hashlib, algorithm) for algorithm in ALGORITHMS}
 
@@ -154,18 +153,18 @@ class ManifestEntry(NamedTuple):
 
 
 class ReferenceCache(Protocol):
-    """Remembers what a manifest digest references (immutable, so never stale)."""
+    """Remembers what a manifest digest references (immutable, so never stale).
+
+    Two methods are optional, looked up when used: `get_all(intern=None)`, every
+    entry as get_many gives them (read while a forked child scans), and `count()`,
+    how many entries it holds (an empty cache lets the manifests be parsed along
+    the scan). A cache without them is read as before, by get_many after the scan."""
 
     def get_many(
         self, digests: Iterable[Digest], intern: dict[str, Digest] | None = None
     ) -> dict[Digest, ManifestRefs]:
         """Entries known for `digests`; the Digests in them taken from `intern`
         (hex -> Digest) where it has them, and entered there otherwise."""
-        ...
-
-    def get_all(self, intern: dict[str, Digest] | None = None) -> dict[Digest, ManifestRefs]:
-        """Every entry (as get_many). Optional, as `count() -> int` (how many entries)
-        is: a cache without them is read as before, by get_many after the scan."""
         ...
 
     def put_many(self, refs: Mapping[Digest, ManifestRefs]) -> None: ...
@@ -207,7 +206,7 @@ class _Interner(dict[str, Digest]):
     def digest(self, hex_: str) -> Digest:
         d = self.get(hex_)
         if d is None:
-            d = self[hex_] = make_digest(_ALGORITHM_OF_LENGTH[len(hex_)], hex_)
+            d = self[hex_] = make_digest(ALGORITHM_OF_LENGTH[len(hex_)], hex_)
         return d
 
     def canon(self, hex_: str) -> str:
@@ -485,8 +484,8 @@ def _pack_repository(repo: _Repository) -> tuple[Any, ...]:
     """What the child found in `repo`, taken out of it: the child keeps nothing
     of a chunk once it is written."""
     packed = (
-        list(repo.revisions.items()),
-        list(repo.tagged),
+        repo.revisions,
+        repo.tagged,
         repo.extra_roots,
         repo.uncertain,
         repo.layers,
@@ -501,7 +500,7 @@ def _unpack_repository(
     repo: _Repository, fields: tuple[Any, ...], canon: Callable[[str], str]
 ) -> None:
     revisions, tagged, extra_roots, repo.uncertain, layers, repo.uploads, repo.tags = fields
-    repo.revisions = {canon(h): keep for h, keep in revisions}
+    repo.revisions = {canon(h): keep for h, keep in revisions.items()}
     repo.tagged = set(map(canon, tagged))
     repo.extra_roots = list(map(canon, extra_roots))
     repo.layers = list(map(canon, layers))
@@ -796,14 +795,17 @@ class _Marker:
         # too, each by the process that found its revision, rather than after.
         parse = self.cache_is_cold()
 
+        def scan_one(repo: _Repository) -> list[tuple[str, _Loaded]]:
+            """scan_repository, and the manifests parsed along (see `parse`)."""
+            self.scan_repository(repo)
+            return self.parse_revisions(repo) if parse else []
+
         def scan_mine(start: int, stop: int) -> None:
             nonlocal scanned
             for repo in repos[start:stop]:
-                self.scan_repository(repo)
-                if parse:
-                    for h, outcome in self.parse_revisions(repo):
-                        self.loaded[h] = outcome
-                        self.fresh.append(h)
+                for h, outcome in scan_one(repo):
+                    self.loaded[h] = outcome
+                    self.fresh.append(h)
             scanned += stop - start
             self.report("repositories", scanned, len(repos))
 
@@ -811,9 +813,7 @@ class _Marker:
             with self.apart() as errors:
                 packed, parsed = [], []
                 for repo in repos[start:stop]:
-                    self.scan_repository(repo)
-                    if parse:
-                        parsed += [(h, _pack_outcome(o)) for h, o in self.parse_revisions(repo)]
+                    parsed += [(h, _pack_outcome(o)) for h, o in scan_one(repo)]
                     packed.append(_pack_repository(repo))
             return packed, parsed, errors
 
@@ -1044,10 +1044,10 @@ class _Marker:
             self.read_manifests(todo)
             self.fresh += todo
         fresh, self.fresh = self.fresh, []
-        parsed = {self.digest(h): r for h in fresh if isinstance(r := loaded[h], ManifestRefs)}
+        parsed = {h: r for h in fresh if isinstance(r := loaded[h], ManifestRefs)}
         self.stats.manifests_parsed += len(parsed)
-        if parsed:
-            self.cache_put(parsed)
+        if parsed and self.cache is not None:
+            self.cache_put({self.digest(h): r for h, r in parsed.items()})
 
     def read_manifests(self, hexes: list[str]) -> None:
         """read_manifest of each into self.loaded, a batch at a time."""

@@ -22,6 +22,7 @@ the parent does the chunks the child had claimed, and logs why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -206,12 +207,15 @@ def _child(
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for start, stop in claims:
             pickle.dump((start, work(start, stop)), results, pickle.HIGHEST_PROTOCOL)
-        results.flush()
         code = 0
     except BaseException:  # the parent sees the status, and redoes what is missing
         log.exception("mark: forked child")
     finally:
-        # No atexit handlers, no flush of buffers inherited from the parent.
+        # The chunks done reach the parent even after a failure (a torn last frame
+        # is dropped there). Then no atexit handlers, no flush of buffers inherited
+        # from the parent.
+        with contextlib.suppress(Exception):
+            results.flush()
         os._exit(code)
 
 

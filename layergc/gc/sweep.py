@@ -502,11 +502,11 @@ class Sweeper:
                 "something under repositories/ could not be read (see errors)"
             )
         # Past its grace in the index: deletable if its files are old enough too.
-        ready = {
-            d
-            for d, key in keys.items()
-            if not mark.blob_deletion_blocked and self._old_enough(first_seen.get(key, now), now)
-        }
+        ready: set[Digest] = (
+            set()
+            if mark.blob_deletion_blocked
+            else {d for d, key in keys.items() if self._old_enough(first_seen.get(key, now), now)}
+        )
         # At a zero grace the first stat looked at every candidate's links already.
         due = [] if links else [d for d in keys if d in ready]
         checked = {*unsized, *due}
