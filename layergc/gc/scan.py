@@ -78,6 +78,7 @@ from layergc.digest import ALGORITHM_OF_LENGTH, ALGORITHMS, Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import InvalidLink, InvalidManifest, PathNotFound
 from layergc.gc import split
+from layergc.gc.pace import Pace
 from layergc.names import is_valid_repository_name
 from layergc.storage import manifests, paths
 from layergc.storage.links import parse_link
@@ -393,7 +394,7 @@ def mark(
     """
     if workers is None:
         workers = 1 if driver.name in LOCAL_DRIVERS else 16
-    with _gc_paused():
+    with gc_paused():
         return _Marker(driver, delete_untagged, reference_cache, progress, workers).run()
 
 
@@ -403,10 +404,11 @@ _gc_was_enabled = True
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a mark: it builds several hundred
-    thousand objects, none in cycles, and the collector's passes over them
-    cost ~6% of a mark at 100,000 blobs. Nested or concurrent marks restore
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a mark (or the sweep's decision after
+    it): a mark builds several hundred thousand objects, none in cycles, and the
+    collector's passes over them cost ~6% of a mark at 100,000 blobs (a full pass
+    in the decision, 70 ms). Nested or concurrent marks restore
     the collector only when the last one ends, and only if it was on."""
     global _gc_pausers, _gc_was_enabled
     with _gc_lock:
@@ -432,6 +434,8 @@ _EMPTY_LINK_RETRY_SECONDS = 0.01
 _BATCH = 512
 # Below this, a forked child (gc/split.py) costs more than its share saves.
 _SPLIT_MIN_REPOSITORIES = 256
+# Repositories scanned between two progress reports, in one process.
+_PROGRESS_REPOSITORIES = 250
 # Repositories per chunk of shared work: small enough to balance, large enough
 # that a claim (one pipe read) and the writing of its result cost little.
 _SPLIT_REPOSITORIES_CHUNK = 16
@@ -552,7 +556,8 @@ class _Marker:
         self.cache = cache
         self.progress = progress
         self.workers = max(1, workers)
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: ThreadPoolExecutor | None = None  # workers > 1: threads from the start
+        self.pace = Pace(what="mark reads")  # otherwise: threads once reads wait
         self.errors: list[ScanError] = []
         self.blocked = False
         self.stats = MarkStats()
@@ -563,6 +568,7 @@ class _Marker:
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
         self.prefetched: dict[str, ManifestRefs] | None = None  # see prefetch
         self.parsed: set[str] = set()  # manifests parse_revisions read in this process
+        self.parsing = threading.Lock()  # guards `parsed`
         self.fresh: list[str] = []  # manifests parsed, not yet offered to the cache
 
     # --- errors & plumbing -------------------------------------------------------
@@ -621,9 +627,11 @@ class _Marker:
         return folders
 
     def pool_map(self, fn: Callable[[_T], _R], items: list[_T], chunk: int = 1) -> Iterator[_R]:
-        """map(fn, items), on the thread pool if there is one; `chunk` items per
-        task, as a task costs tens of microseconds of its own."""
-        if self.pool is None or len(items) < 2:
+        """map(fn, items): on the thread pool if there is one, `chunk` items per
+        task (a task costs tens of microseconds of its own); else paced."""
+        if self.pool is None:
+            return iter(self.pace.map(fn, items))
+        if len(items) < 2:
             return map(fn, items)
 
         def run_chunk(part: list[_T]) -> list[_R]:
@@ -641,7 +649,8 @@ class _Marker:
 
     def run(self) -> MarkResult:
         if self.workers == 1:
-            return self.mark()
+            with self.pace:
+                return self.mark()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mark") as pool:
             self.pool = pool
             try:
@@ -731,28 +740,40 @@ class _Marker:
     def find_repositories(self) -> list[_Repository]:
         """Every folder under repositories/ that holds a marker folder, sorted."""
         found: list[_Repository] = []
-        stack: list[str] = [""]
-        while stack:
-            name = stack.pop()
-            path = f"{paths.REPOSITORIES}/{name}" if name else paths.REPOSITORIES
-            folders = self.list_dirs(path, name or None)
-            if folders is None:
-                continue  # reported, blocking: repositories may hide below
-            markers = frozenset(f for f in folders if f in paths.REPOSITORY_MARKERS)
-            if markers and not name:
-                self.error(
-                    INVALID_REPOSITORY_NAME,
-                    path,
-                    None,
-                    "repository folders directly in repositories/ (no name) cannot be read",
-                    blocking=True,
-                )
-            elif markers:
-                found.append(self.repository(name, path, markers))
-            stack.extend(f"{name}/{f}" if name else f for f in folders if f not in markers)
+        level: list[str] = [""]  # a level at a time: its listings may be read in parallel
+        while level:
+            listings = self.pool_map(self.list_repository_folder, level)
+            names, level = level, []
+            for name, folders in zip(names, listings, strict=True):
+                if folders is not None:  # (None: reported, blocking: repositories may hide below)
+                    level += self.found_in(name, folders, found)
         found.sort(key=lambda r: r.name)
         self.stats.repositories = len(found)
         return found
+
+    @staticmethod
+    def repositories_path(name: str) -> str:
+        return f"{paths.REPOSITORIES}/{name}" if name else paths.REPOSITORIES
+
+    def list_repository_folder(self, name: str) -> list[str] | None:
+        return self.list_dirs(self.repositories_path(name), name or None)
+
+    def found_in(self, name: str, folders: list[str], found: list[_Repository]) -> list[str]:
+        """The repository that folder `name` is, if any, into `found`; its sub-folders
+        to look into."""
+        path = self.repositories_path(name)
+        markers = frozenset(f for f in folders if f in paths.REPOSITORY_MARKERS)
+        if markers and not name:
+            self.error(
+                INVALID_REPOSITORY_NAME,
+                path,
+                None,
+                "repository folders directly in repositories/ (no name) cannot be read",
+                blocking=True,
+            )
+        elif markers:
+            found.append(self.repository(name, path, markers))
+        return [f"{name}/{f}" if name else f for f in folders if f not in markers]
 
     def repository(self, name: str, path: str, markers: frozenset[str]) -> _Repository:
         valid = is_valid_repository_name(name)
@@ -780,15 +801,17 @@ class _Marker:
         whose manifest the mark did not read. What saves that blob is the sweep:
         its grace window, and the re-check of everything linked since the mark
         began, before any delete (DESIGN.md)."""
+        self.pace.close()  # a fork needs a process of one thread (its verdict stays)
         shared = self.pool is None and split.worth_it(
             self.driver.name, len(repos), _SPLIT_MIN_REPOSITORIES
         )
         if not shared:
             self.list_blobs_timed()
-            for done, _ in enumerate(self.pool_map(self.scan_repository, repos), 1):
-                if done % 250 == 0:
-                    self.report("repositories", done, len(repos))
-            self.report("repositories", len(repos), len(repos))
+            for start in range(0, len(repos), _PROGRESS_REPOSITORIES):
+                part = repos[start : start + _PROGRESS_REPOSITORIES]
+                for _ in self.pool_map(self.scan_repository, part):
+                    pass
+                self.report("repositories", start + len(part), len(repos))
             return
         scanned = 0
         # With no cached references (a first mark), the manifests are parsed here
@@ -802,8 +825,8 @@ class _Marker:
 
         def scan_mine(start: int, stop: int) -> None:
             nonlocal scanned
-            for repo in repos[start:stop]:
-                for h, outcome in scan_one(repo):
+            for found in self.pace.map(scan_one, repos[start:stop]):
+                for h, outcome in found:
                     self.loaded[h] = outcome
                     self.fresh.append(h)
             scanned += stop - start
@@ -812,8 +835,9 @@ class _Marker:
         def scan_theirs(start: int, stop: int) -> tuple[Any, ...]:
             with self.apart() as errors:
                 packed, parsed = [], []
-                for repo in repos[start:stop]:
-                    parsed += [(h, _pack_outcome(o)) for h, o in scan_one(repo)]
+                part = repos[start:stop]
+                for repo, found in zip(part, self.pace.map(scan_one, part), strict=True):
+                    parsed += [(h, _pack_outcome(o)) for h, o in found]
                     packed.append(_pack_repository(repo))
             return packed, parsed, errors
 
@@ -853,10 +877,18 @@ class _Marker:
         """read_manifest of each revision of `repo` not parsed yet in this process."""
         parsed = []
         for h in repo.revisions:
-            if h not in self.loaded and h not in self.parsed:
-                self.parsed.add(h)
+            if h not in self.loaded and self.claim(h):
                 parsed.append((h, self.read_manifest(h, repo.name)))
         return parsed
+
+    def claim(self, h: str) -> bool:
+        """Whether this thread is the first here to parse manifest `h` (paced threads
+        share repositories' manifests too: each is parsed, and reported, once)."""
+        with self.parsing:
+            if h in self.parsed:
+                return False
+            self.parsed.add(h)
+            return True
 
     def prefetch(self) -> None:
         """Read every entry of the reference cache now (while a forked child scans

@@ -56,6 +56,7 @@ from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
 from layergc.gc import scan, snapshot
 from layergc.gc.crashpoints import crash_point
+from layergc.gc.pace import Pace
 from layergc.gc.quarantine import (
     Quarantine,
     QuarantineOverlay,
@@ -85,12 +86,6 @@ class Interrupted(Exception):
 
 class BlobCache(Protocol):
     def forget(self, digests: Iterable[str]) -> int: ...
-
-
-# Candidates stat'ed faster than this each (their data and layer links, a few stats)
-# are answered from memory: no thread pool (_stat_blobs). A stat that reads the disk
-# takes 100 us and more; one from the page cache 10 to 40 us on a busy machine.
-_INLINE_STAT_SECONDS = 150e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +338,7 @@ class Sweeper:
         if mode != SWEEP:
             return
         self._check_stop()
-        with self._timed(report, "decide"):
+        with self._timed(report, "decide"), scan.gc_paused():
             doomed_manifests, kept_by_deferred = self._decide_manifests(report, mark, now)
             doomed_blobs = self._decide_blobs(report, mark, kept_by_deferred, now)
         if opts.dry_run or not (doomed_blobs or doomed_manifests):
@@ -585,21 +580,14 @@ class Sweeper:
                 elif value is not None:
                     results[digest] = value
 
-        # The first chunk in this thread tells what a stat costs: answered from
-        # memory (a warm page cache, an S3 listing snapshot), threads would only
-        # fight over the GIL (at 100,000 blobs, 8 threads took 3x the CPU of one);
-        # waiting on a disk or the network, they overlap the waits. (A forked child,
-        # as the mark has, copied 17 MiB of this process's pages at 100,000 blobs,
-        # at the run's peak of memory: see gc/split.py.)
-        started = time.perf_counter()
-        collect(some(chunks[0]))
-        if (time.perf_counter() - started) / len(chunks[0]) < _INLINE_STAT_SECONDS:
-            for chunk in chunks[1:]:
-                collect(some(chunk))
-        elif len(chunks) > 1:
-            with ThreadPoolExecutor(max_workers=self.options.workers) as pool:
-                for part in pool.map(some, chunks[1:]):
-                    collect(part)
+        # Answered from memory (a warm page cache, an S3 listing snapshot), threads
+        # would only fight over the GIL (at 100,000 blobs, 8 threads took 3x the CPU
+        # of one); waiting on a disk or the network, they overlap the waits: paced.
+        # (A forked child, as the mark has, copied 17 MiB of this process's pages at
+        # 100,000 blobs, at the run's peak of memory: see gc/split.py.)
+        with Pace(self.options.workers, what="blob stats") as pace:
+            for part in pace.map(some, chunks):
+                collect(part)
         return results
 
     # --- the delete protocol ----------------------------------------------------
