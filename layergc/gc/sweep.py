@@ -54,9 +54,8 @@ from typing import Any, Protocol
 from layergc.digest import Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
-from layergc.gc import scan, snapshot
+from layergc.gc import pace, scan, snapshot
 from layergc.gc.crashpoints import crash_point
-from layergc.gc.pace import Pace
 from layergc.gc.quarantine import (
     Quarantine,
     QuarantineOverlay,
@@ -227,7 +226,11 @@ class Sweeper:
         self.view: StorageDriver = driver
         # Objects move and go one at a time on a local disk; on remote storage,
         # where each costs round trips, this many at once.
-        self.parallel = 1 if driver.name in scan.LOCAL_DRIVERS else max(1, options.workers)
+        local = driver.name in scan.LOCAL_DRIVERS
+        self.parallel = 1 if local else max(1, options.workers)
+        # Stats once they wait (gc/pace.py): from a cold cache, 4 threads stat'ed a
+        # 100,000-blob store's candidates in 0.94 to 1.02 s, 8 and 16 in 1.12 to 1.16.
+        self.stat_threads = pace.READ_THREADS if local else max(1, options.workers)
 
     # --- the run -------------------------------------------------------------
 
@@ -568,8 +571,8 @@ class Sweeper:
 
         # Many stats per task: a future per stat cost as much CPU as the stat itself
         # on a warm local disk, while a cold disk or remote storage still gets up to
-        # `workers` requests in flight.
-        size = max(1, min(256, len(digests) // (4 * self.options.workers)))
+        # `stat_threads` requests in flight.
+        size = max(1, min(256, len(digests) // (4 * self.stat_threads)))
         chunks = [digests[i : i + size] for i in range(0, len(digests), size)]
         results: dict[Digest, tuple[int, bool]] = {}
 
@@ -585,8 +588,8 @@ class Sweeper:
         # of one); waiting on a disk or the network, they overlap the waits: paced.
         # (A forked child, as the mark has, copied 17 MiB of this process's pages at
         # 100,000 blobs, at the run's peak of memory: see gc/split.py.)
-        with Pace(self.options.workers, what="blob stats") as pace:
-            for part in pace.map(some, chunks):
+        with pace.Pace(self.stat_threads, what="blob stats") as paced:
+            for part in paced.map(some, chunks):
                 collect(part)
         return results
 
