@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from layergc.storage import hashstate as hs
-from tests.support.components import require
+from tests.support.components import require_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["openssl", "python"]
@@ -239,9 +238,7 @@ def test_go_resumes_our_states(tmp_path: Path) -> None:
     this one test). The Go vectors above pin the format in every run, and the interop
     tests have the Go registry itself resume our sha256 states. Run it where Go is
     installed with `python -m pytest -m go_toolchain`."""
-    go = shutil.which("go")
-    require(go is not None, "the Go toolchain is not installed (apt-get install golang-go)")
-    assert go is not None
+    go = require_binary("go", "golang-go")
     (tmp_path / "main.go").write_text(GO_RESUME)
     env = {"GO111MODULE": "off", "GOCACHE": str(tmp_path / "cache"), "HOME": str(tmp_path)}
     subprocess.run([go, "build", "-o", "resume", "main.go"], cwd=tmp_path, env=env, check=True)

@@ -28,6 +28,7 @@ import redis
 from layergc.digest import Digest
 from layergc.storage import paths
 from tests.support.components import require_redis
+from tests.support.files import fs_path
 from tests.support.goregistry import GCResult, GoRegistry
 from tests.support.images import OCILayout, pull_and_verify, push
 from tests.support.scenario import Scenario, failed_pulls
@@ -92,10 +93,6 @@ def go_collector(scenario: Scenario, tmp_path: Path) -> GoRegistry:
     return GoRegistry(scenario.root, workdir=tmp_path / "go-gc")
 
 
-def on_disk(root: Path, driver_path: str) -> Path:
-    return root / driver_path.lstrip("/")
-
-
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under `root` with its size and modification time."""
     return {
@@ -106,7 +103,7 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def manifest(scenario: Scenario, digest: str) -> dict[str, Any]:
-    data = on_disk(scenario.root, paths.blob_data(Digest.parse(digest))).read_bytes()
+    data = fs_path(scenario.root, paths.blob_data(Digest.parse(digest))).read_bytes()
     return json.loads(data)  # type: ignore[no-any-return]
 
 
@@ -159,7 +156,7 @@ def test_dry_run_lists_what_go_lists(scenario: Scenario, tmp_path: Path) -> None
     for digest in scenario.garbage:
         assert (
             sizes[digest]
-            == on_disk(scenario.root, paths.blob_data(Digest.parse(digest))).stat().st_size
+            == fs_path(scenario.root, paths.blob_data(Digest.parse(digest))).stat().st_size
         )
     assert tree(scenario.root) == before  # a dry run writes nothing under the root
 
@@ -195,7 +192,7 @@ def test_repository_without_layers_folder_keeps_its_images(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     """Go 2.8 sees a repository only by `_layers`: it would delete a tagged image's blobs."""
-    shutil.rmtree(on_disk(scenario.root, paths.layers_dir("org/team/r1")))
+    shutil.rmtree(fs_path(scenario.root, paths.layers_dir("org/team/r1")))
     d = scenario.tags["org/team/r1", "1.0"]
     go = go_collector(scenario, tmp_path).garbage_collect()
     run = dry_run(scenario, tmp_path / "lg")
@@ -212,7 +209,7 @@ def layer_links(scenario: Scenario, digests: Iterable[str]) -> set[tuple[str, st
         (repo, digest)
         for digest in digests
         for repo in scenario.repositories
-        if on_disk(scenario.root, paths.layer_link(repo, Digest.parse(digest))).is_file()
+        if fs_path(scenario.root, paths.layer_link(repo, Digest.parse(digest))).is_file()
     }
 
 
@@ -224,15 +221,15 @@ def assert_deleted(scenario: Scenario, run: SweepRun, expected: set[str]) -> Non
     assert run.blobs() == expected  # nothing failed, deferred or kept
     for digest in expected:
         d = Digest.parse(digest)
-        assert not on_disk(scenario.root, paths.blob_dir(d)).exists()
+        assert not fs_path(scenario.root, paths.blob_dir(d)).exists()
         for repo in scenario.repositories:
-            assert not on_disk(scenario.root, paths.layer_link_dir(repo, d)).exists()
+            assert not fs_path(scenario.root, paths.layer_link_dir(repo, d)).exists()
     assert run.uploads("deleted") == run.uploads() == scenario.stale_uploads
     for repo, uuid in scenario.stale_uploads:
         assert not scenario.upload_dir(repo, uuid).exists()
     for repo, uuid in scenario.fresh_uploads:
         assert (scenario.upload_dir(repo, uuid) / "data").is_file()
-    quarantine = on_disk(scenario.root, paths.QUARANTINE)
+    quarantine = fs_path(scenario.root, paths.QUARANTINE)
     assert not quarantine.exists() or not any(quarantine.iterdir())
     report = run.report
     assert report is not None and report["errors"] == []
@@ -342,8 +339,8 @@ def test_delete_untagged_sweep_keeps_multiarch_and_referrer(
         # B's revision goes with its entry in the tag's history (as Go's vacuum does)
         for repo, digest in scenario.untagged_manifests:
             d = Digest.parse(digest)
-            assert not on_disk(scenario.root, paths.manifest_revision_dir(repo, d)).exists()
-            assert not on_disk(
+            assert not fs_path(scenario.root, paths.manifest_revision_dir(repo, d)).exists()
+            assert not fs_path(
                 scenario.root, f"{paths.tag_index_dir(repo, 'v1')}/sha256/{d.hex}"
             ).exists()
             assert reg.head_manifest(repo, digest) is None
@@ -457,7 +454,7 @@ def test_exit_status_1_on_a_corrupt_link_and_the_scan_goes_on(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     repo, a = "library/base", Digest.parse(scenario.tags["library/base", "latest"])
-    link = on_disk(scenario.root, paths.manifest_revision_link(repo, a))
+    link = fs_path(scenario.root, paths.manifest_revision_link(repo, a))
     link.write_bytes(b"sha256:not-a-digest")
     run = layergc_sweep(tmp_path / "lg", "--root", str(scenario.root), "--dry-run", "--grace", "0s")
     assert run.returncode == 1, run.stderr
@@ -474,9 +471,9 @@ def test_unparseable_manifest_blocks_blob_deletion_not_upload_purge(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     c = Digest.parse(scenario.tags["team/app/api", "v1"])
-    blob = on_disk(scenario.root, paths.blob_data(c))
+    blob = fs_path(scenario.root, paths.blob_data(c))
     blob.write_bytes(b"{" + blob.read_bytes()[1:-1] + b"!")  # same size, broken JSON
-    before = {d: on_disk(scenario.root, paths.blob_dir(Digest.parse(d))) for d in scenario.garbage}
+    before = {d: fs_path(scenario.root, paths.blob_dir(Digest.parse(d))) for d in scenario.garbage}
     run = layergc_sweep(
         tmp_path / "lg", "--root", str(scenario.root), "--grace", "0s", "--settle", "0s"
     )

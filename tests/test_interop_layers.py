@@ -24,6 +24,7 @@ from layergc.errors import DigestMismatch, LayerUploadUnknown
 from layergc.storage import Registry, paths
 from layergc.storage.layers import LayerService
 from tests.support import images
+from tests.support.files import fs_path
 from tests.support.goregistry import GoRegistry, RegistryHTTPError, sha256_digest
 from tests.support.images import Image, Index, OCILayout, pull, pull_and_verify, push
 from tests.support.recording import RecordingDriver
@@ -31,11 +32,6 @@ from tests.support.recording import RecordingDriver
 pytestmark = pytest.mark.interop
 
 REPO = "team/app"
-
-
-def fs_path(root: Path, driver_path: str) -> Path:
-    """The file behind a driver path of a FilesystemDriver rooted at `root`."""
-    return root / driver_path.lstrip("/")
 
 
 def layers_of(root: Path, repo: str = REPO) -> LayerService:

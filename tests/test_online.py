@@ -117,6 +117,7 @@ from layergc.gc.run import UNSAFE_NO_CACHE_INVALIDATION
 from layergc.storage import paths
 from tests.support import images
 from tests.support.components import free_port, require_binary, require_redis
+from tests.support.files import fs_path
 from tests.support.goregistry import GoRegistry, RegistryHTTPError
 from tests.support.pushers import (
     Client,
@@ -946,7 +947,7 @@ def test_a_manifest_delete_refused_while_a_sweep_holds_its_blob_is_sent_again(
         client = Client(reg, tmp_path / "layout", root=root)
         assert client.push(index, repo, "t0")
         folder = paths.blob_dir(Digest.parse(index.digest))
-        blob, held = (root / p.lstrip("/") for p in (folder, paths.quarantined(1, folder)))
+        blob, held = (fs_path(root, p) for p in (folder, paths.quarantined(1, folder)))
         held.parent.mkdir(parents=True)
         blob.rename(held)  # layergc's step (1) on the index's blob
 

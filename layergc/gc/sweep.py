@@ -488,7 +488,7 @@ class Sweeper:
         links = self.options.grace <= timedelta(0)
         sizes = {} if links else self.index.known_sizes("blob")
         unsized = [d for d, key in keys.items() if key not in sizes]
-        infos = self._stat_blobs(unsized, mark.layer_links, report, links=links)
+        infos = self._stat_blobs(unsized, mark.layer_links if links else {}, report)
         sizes.update((keys[d], size) for d, (size, _old) in infos.items())
         observed = [(key, None, sizes[key]) for key in keys.values() if key in sizes]
         first_seen = self.index.observe_unreferenced(report.run_id, "blob", observed, now)
@@ -512,7 +512,7 @@ class Sweeper:
         # (no size recorded) and due keeps no data-only answer if its links fail.
         for d in due:
             infos.pop(d, None)
-        infos.update(self._stat_blobs(due, mark.layer_links, report, links=True))
+        infos.update(self._stat_blobs(due, mark.layer_links, report))
         doomed: list[Doomed] = []
         by_repository: dict[str, int] = defaultdict(int)
         for digest, key in keys.items():
@@ -537,12 +537,11 @@ class Sweeper:
         digests: list[Digest],
         layer_links: Mapping[Digest, list[str]],
         report: Report,
-        *,
-        links: bool,
     ) -> dict[Digest, tuple[int, bool]]:
-        """Size of each blob, and whether its data (and, with `links`, every layer
-        link to it) is older than the grace window. One that cannot be stat'ed (a
-        storage error, a symlink) is reported and left alone."""
+        """Size of each blob, and whether its data and every layer link to it in
+        `layer_links` (none: its data alone) is older than the grace window. One
+        that cannot be stat'ed (a storage error, a symlink) is reported and left
+        alone."""
         if not digests:
             return {}
         now = _now()
@@ -552,7 +551,7 @@ class Sweeper:
             try:
                 info = self.view.stat(path)
                 old = self._old_enough(info.mod_time, now)
-                for repo in layer_links.get(digest, ()) if links else ():
+                for repo in layer_links.get(digest, ()):
                     if not old:
                         break
                     path = paths.layer_link(repo, digest)

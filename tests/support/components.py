@@ -30,9 +30,10 @@ def require(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-def require_binary(name: str) -> str:
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of command `name` (from Debian's `package`, by default its namesake)."""
     path = shutil.which(name)
-    require(path is not None, f"{name} is not installed (apt-get install {name})")
+    require(path is not None, f"{name} is not installed (apt-get install {package or name})")
     assert path is not None
     return path
 

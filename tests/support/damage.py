@@ -29,6 +29,7 @@ from layergc.errors import PathNotFound
 from layergc.gc.treegen import TreeSummary
 from layergc.storage import manifests as mt
 from layergc.storage import paths
+from tests.support.files import fs_path
 
 Snapshot = dict[str, str]
 
@@ -124,7 +125,7 @@ class Tree:
         return FilesystemDriver(self.root)
 
     def file(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
+        return fs_path(self.root, path)
 
     def write(self, path: str, content: bytes) -> None:
         self.file(path).parent.mkdir(parents=True, exist_ok=True)

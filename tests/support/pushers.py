@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 from layergc.digest import Digest
 from layergc.storage import paths
 from tests.support import images
+from tests.support.files import fs_path
 from tests.support.goregistry import GoRegistry, RegistryHTTPError
 from tests.support.images import OCILayout, SkopeoError
 
@@ -130,7 +131,7 @@ def build_probe_image(path: Path) -> PoolImage:
 
 def on_disk(root: Path, digest: str) -> bool:
     """Whether the blob's data is in the blob store (not in layergc's quarantine)."""
-    return (root / paths.blob_data(Digest.parse(digest)).lstrip("/")).is_file()
+    return fs_path(root, paths.blob_data(Digest.parse(digest))).is_file()
 
 
 @dataclass
@@ -266,7 +267,7 @@ class Client:
         have no revision (the storage monitor saw one for 3 s, until the next push
         of the index). A 404 with the link gone is a DELETE done (an earlier
         attempt, cut short by a registry restart, did it)."""
-        link = self.root / paths.manifest_revision_link(repo, Digest.parse(digest)).lstrip("/")
+        link = fs_path(self.root, paths.manifest_revision_link(repo, Digest.parse(digest)))
         deadline = time.monotonic() + HELD_SECONDS
         while True:
             try:
