@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Threads per process once reads wait: from a cold cache, 1, 2, 3, 4 and 6 threads
-# in each of the mark's two processes scanned in 4.8, 3.4, 3.0, 2.6 and 2.6 s.
-READ_THREADS = 4
 WAITING = 0.75
 WINDOW_SECONDS = 0.02
 _WINDOWS = 2
@@ -53,7 +50,7 @@ class Pace:
 
     def __init__(
         self,
-        threads: int = READ_THREADS,
+        threads: int,
         *,
         what: str = "reads",
         clocks: tuple[Clock, Clock] = (time.perf_counter, time.thread_time),
