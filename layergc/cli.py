@@ -125,18 +125,38 @@ def main() -> None:
 )
 def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values: Any) -> None:
     """Find and delete stale uploads and unreferenced blobs, once."""
-    from layergc.gc.run import run_sweep
-    from layergc.progress import Progress
-    from layergc.summary import render
+    from layergc.gc import prefetch
 
     values["json"] = as_json
     settings = _settings(config_file, values)
+    # Forked before the imports below (half a second, the disk idle meanwhile).
+    warming = prefetch.start(settings.storage)
+    try:
+        report = _sweep_once(settings, verbose)
+    finally:
+        if warming is not None:
+            warming.stop()
+    if settings.json:
+        from layergc.gc.index import json_text  # loaded already, by run_sweep
+
+        click.echo(json_text(report))
+    else:
+        from layergc.summary import render
+
+        click.echo(render(report))
+    sys.exit(EXIT_OK if report["status"] == "succeeded" and not report["errors"] else EXIT_ERRORS)
+
+
+def _sweep_once(settings: Any, verbose: int) -> dict[str, Any]:
+    from layergc.gc.run import run_sweep
+    from layergc.progress import Progress
+
     _configure_logging(settings, verbose, quiet_default=True)
     progress = Progress()
     stop = threading.Event()
     try:
         with stop_on_signals(stop):
-            report = run_sweep(settings, progress=progress, stop=stop, take_lease=True)
+            return run_sweep(settings, progress=progress, stop=stop, take_lease=True)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except LayergcError as exc:
@@ -144,13 +164,6 @@ def sweep(config_file: str | None, verbose: int, as_json: bool | None, **values:
         sys.exit(EXIT_ERRORS)
     finally:
         progress.close()
-    if settings.json:
-        from layergc.gc.index import json_text  # loaded already, by run_sweep
-
-        click.echo(json_text(report))
-    else:
-        click.echo(render(report))
-    sys.exit(EXIT_OK if report["status"] == "succeeded" and not report["errors"] else EXIT_ERRORS)
 
 
 @main.command()

@@ -41,6 +41,12 @@ _WINDOWS = 2
 Clock = Callable[[], float]
 
 
+def waits(wall: float, cpu: float) -> bool:
+    """Whether work that took `wall` seconds, `cpu` of them on its thread's CPU,
+    spent the rest waiting."""
+    return cpu < WAITING * wall
+
+
 class Pace:
     """map() in the calling thread while it computes; on `threads` threads once it
     waits (see the module doc). Close it to end the threads (a process forks only
@@ -90,7 +96,7 @@ class Pace:
         if wall < WINDOW_SECONDS:
             return False
         self._spent = (0.0, 0.0)
-        if cpu >= WAITING * wall or self.threads < 2:
+        if not waits(wall, cpu) or self.threads < 2:
             self._slow_windows = 0
             return False
         self._slow_windows += 1

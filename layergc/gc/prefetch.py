@@ -1,0 +1,149 @@
+"""Warm the page cache for a mark while a one-shot sweep starts up.
+
+A one-shot `layergc sweep` spends its first half second importing (SQLAlchemy,
+most of it) while the disk is idle; from a cold page cache its mark then waits
+on the disk for most of its time. A process forked before those imports reads
+what the mark will read (the folders under repositories/, the revision and tag
+links, the layer-link folders) and throws it away: the mark finds it in memory.
+It reads the repositories in the reverse of the mark's order, so that the two
+meet instead of reading the same files one after the other, and it stops where
+its reads stop waiting (the mark, or an earlier reader, has been there; a warm
+cache stops it at its first probe).
+
+It only reads, through the filesystem driver (never outside the root, never
+through a symlink), and keeps nothing: what the mark finds cannot depend on it.
+It ends when its walk is done or stops waiting, when the sweep stops it, or
+when its parent is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn, TypeVar
+
+from layergc.driver.filesystem import FilesystemDriver
+from layergc.errors import StorageDriverError
+from layergc.gc import pace, split
+from layergc.storage import paths
+
+T = TypeVar("T")
+
+# Reads in flight, as the mark's own threads once its reads wait (gc/scan.py).
+THREADS = 6
+# Folders or repositories per batch: the first of each is read alone, and timed (_batch).
+_BATCH = 16
+
+
+class Prefetch:
+    """The warming process: stop() ends it (if it still runs) and reaps it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def stop(self) -> None:
+        pid, self.pid = self.pid, 0
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def start(storage: Mapping[str, Any]) -> Prefetch | None:
+    """Fork the warming process for `storage` (a registry config's storage
+    section) where it may help: a filesystem root, in a process that may fork
+    (one thread, a second CPU: split.can_fork). Call it before the heavy imports."""
+    root = storage.get("rootdirectory") if storage.get("driver") == "filesystem" else None
+    if not isinstance(root, str) or not os.path.isdir(root) or not split.can_fork():
+        return None
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        return None  # (no processes left: the sweep will say so itself, if it matters)
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        _child(root, parent)
+    return Prefetch(pid)
+
+
+def _child(root: str, parent: int) -> NoReturn:
+    code = 1
+    try:
+        # A Ctrl-C reaches the whole process group: the warming just ends.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        warm(FilesystemDriver(root, hold_root=True), lambda: os.getppid() == parent)
+        code = 0
+    finally:
+        os._exit(code)  # no atexit handlers, no flush of the parent's buffers
+
+
+def warm(driver: FilesystemDriver, wanted: Callable[[], bool] = lambda: True) -> int:
+    """Read what a mark reads, repositories in reverse order, while reads wait and
+    `wanted()`; how many repositories were read."""
+    with ThreadPoolExecutor(THREADS, thread_name_prefix="prefetch") as pool:
+        batch = functools.partial(_batch, pool, wanted)
+        repositories: list[str] = []
+        level = [""]
+        while level:
+            names, level = level, []
+            for start in range(0, len(names), _BATCH):
+                part = names[start : start + _BATCH]
+                listed = batch(functools.partial(_folders, driver), part)
+                if listed is None:
+                    return 0
+                for name, folders in zip(part, listed, strict=True):
+                    if any(f in paths.REPOSITORY_MARKERS for f in folders):
+                        repositories.append(name)
+                    level += [f"{name}/{f}" if name else f for f in folders if f[:1] != "_"]
+        repositories.sort(reverse=True)
+        read = functools.partial(_read_repository, driver)
+        for start in range(0, len(repositories), _BATCH):
+            if batch(read, repositories[start : start + _BATCH]) is None:
+                return start
+        return len(repositories)
+
+
+def _batch(
+    pool: ThreadPoolExecutor, wanted: Callable[[], bool], fn: Callable[[str], T], items: list[str]
+) -> list[T] | None:
+    """[fn(item) for item in items]: the first in this thread, timed, the rest on
+    the pool; None, the rest not done, if that first one did not wait (pace.waits)
+    or the warming is no longer wanted."""
+    if not wanted():
+        return None
+    wall, cpu = time.perf_counter(), time.thread_time()
+    first = fn(items[0])
+    if not pace.waits(time.perf_counter() - wall, time.thread_time() - cpu):
+        return None
+    return [first, *pool.map(fn, items[1:])]
+
+
+def _folders(driver: FilesystemDriver, name: str) -> Sequence[str]:
+    path = f"{paths.REPOSITORIES}/{name}" if name else paths.REPOSITORIES
+    return _quietly(driver.list_names, path) or ()
+
+
+def _read_repository(driver: FilesystemDriver, name: str) -> None:
+    """The reads of gc/scan.py's scan_repository (but for upload folders)."""
+    for algorithm in _quietly(driver.list_names, paths.manifest_revisions_dir(name)) or ():
+        folder = paths.manifest_revisions_dir(name, algorithm)
+        for hex_ in _quietly(driver.list_names, folder) or ():
+            _quietly(driver.get_content, f"{folder}/{hex_}/link")
+    for tag in _quietly(driver.list_names, paths.tags_dir(name)) or ():
+        _quietly(driver.get_content, paths.tag_current_link(name, tag))
+    for algorithm in _quietly(driver.list_names, paths.layers_dir(name)) or ():
+        _quietly(driver.list_names, paths.layers_dir(name, algorithm))
+
+
+def _quietly(fn: Callable[[str], T], path: str) -> T | None:
+    """fn(path), or None for any failure: the mark meets, and reports, the same."""
+    try:
+        return fn(path)
+    except (StorageDriverError, OSError, ValueError):
+        return None
