@@ -3,6 +3,7 @@ reads, in which order, when it stops, and the process it runs in."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from layergc.driver.filesystem import FilesystemDriver
-from layergc.gc import prefetch, split
+from layergc.gc import pace, prefetch, split
 from layergc.gc.treegen import generate
 from layergc.storage import paths
 
@@ -73,8 +74,8 @@ def test_the_repositories_are_read_from_the_last(tree: tuple[Path, list[str]]) -
     assert {owner[p] for p in driver.read[:first_batch]} == set(last)
 
 
-def test_reads_from_memory_stop_it_at_once(tree: tuple[Path, list[str]]) -> None:
-    """A warm cache (the tree was just written): its first probe does not wait."""
+def test_reads_that_do_not_wait_stop_it_at_once(tree: tuple[Path, list[str]]) -> None:
+    """As from a warm cache: the first window of reads is all CPU time."""
     root, _ = tree
     recorded: list[str] = []
 
@@ -83,8 +84,19 @@ def test_reads_from_memory_stop_it_at_once(tree: tuple[Path, list[str]]) -> None
             recorded.append(path)
             return super().get_content(path)
 
-    assert prefetch.warm(Recording(root)) == 0
-    assert recorded == []
+    ticks = itertools.count()
+
+    def clock() -> float:
+        return next(ticks) * 0.001  # each clock read a tick: every item all CPU time
+
+    assert prefetch.warm(Recording(root), meter=pace.Meter(0.005, (clock, clock))) == 0
+    assert recorded == []  # it stopped in the walk of the folders
+
+
+def test_reads_from_a_warm_cache_stop_it_early(tree: tuple[Path, list[str]]) -> None:
+    """The real clocks, over a tree just written (in the page cache)."""
+    root, repositories = tree
+    assert prefetch.warm(FilesystemDriver(root)) < len(repositories)
 
 
 def test_it_stops_when_no_longer_wanted(tree: tuple[Path, list[str]]) -> None:

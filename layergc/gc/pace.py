@@ -47,6 +47,36 @@ def waits(wall: float, cpu: float) -> bool:
     return cpu < WAITING * wall
 
 
+class Meter:
+    """Times work done in the calling thread, in windows of `window` seconds of
+    it: each window, once full, says whether it waited. Only the time spent in
+    run() counts: a caller's own work between two items (or its wait on
+    something else) says nothing of the items."""
+
+    def __init__(
+        self,
+        window: float = WINDOW_SECONDS,
+        clocks: tuple[Clock, Clock] = (time.perf_counter, time.thread_time),
+    ) -> None:
+        self.window = window
+        self._wall, self._cpu = clocks
+        self._spent = [0.0, 0.0]  # wall and CPU seconds of the window so far
+        self.share = 1.0  # CPU share of the last full window
+
+    def run(self, fn: Callable[[T], R], item: T) -> tuple[R, bool | None]:
+        """fn(item), and the verdict of the window it filled (None: not full yet)."""
+        wall, cpu = self._wall(), self._cpu()
+        result = fn(item)
+        spent = self._spent
+        spent[0] += self._wall() - wall
+        spent[1] += self._cpu() - cpu
+        if spent[0] < self.window:
+            return result, None
+        self.share = spent[1] / spent[0]
+        self._spent = [0.0, 0.0]
+        return result, waits(spent[0], spent[1])
+
+
 class Pace:
     """map() in the calling thread while it computes; on `threads` threads once it
     waits (see the module doc). Close it to end the threads (a process forks only
@@ -64,8 +94,7 @@ class Pace:
         self.threads = threads
         self.what = what
         self.waiting = False
-        self._wall, self._cpu = clocks
-        self._spent = (0.0, 0.0)  # wall and CPU seconds of the window so far
+        self._meter = Meter(clocks=clocks)
         self._slow_windows = 0
         self._pool: ThreadPoolExecutor | None = None
         self._owner = 0
@@ -75,28 +104,19 @@ class Pace:
         results: list[R] = []
         done = 0
         if not self.waiting:
-            # Only the time spent on items counts: a caller's own work between two
-            # calls (or its wait on something else) says nothing of the reads.
-            since = self._wall(), self._cpu()
             for item in items:
-                results.append(fn(item))
+                result, verdict = self._meter.run(fn, item)
+                results.append(result)
                 done += 1
-                now = self._wall(), self._cpu()
-                if self._judge(now[0] - since[0], now[1] - since[1]):
+                if verdict is not None and self._judge(verdict):
                     break
-                since = now
         if done < len(items):
             results += self._executor().map(fn, items[done:])
         return results
 
-    def _judge(self, wall: float, cpu: float) -> bool:
-        """Count an item's times; whether work goes to threads from now on."""
-        self._spent = (self._spent[0] + wall, self._spent[1] + cpu)
-        wall, cpu = self._spent
-        if wall < WINDOW_SECONDS:
-            return False
-        self._spent = (0.0, 0.0)
-        if not waits(wall, cpu) or self.threads < 2:
+    def _judge(self, waited: bool) -> bool:
+        """Whether work goes to threads from now on, after a window that `waited`."""
+        if not waited or self.threads < 2:
             self._slow_windows = 0
             return False
         self._slow_windows += 1
@@ -107,7 +127,7 @@ class Pace:
             "%s wait more than they compute: %d threads from now on",
             self.what,
             self.threads,
-            extra={"threads": self.threads, "cpu_share": round(cpu / wall, 2)},
+            extra={"threads": self.threads, "cpu_share": round(self._meter.share, 2)},
         )
         return True
 

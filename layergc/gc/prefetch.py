@@ -22,7 +22,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
@@ -36,8 +35,11 @@ T = TypeVar("T")
 
 # Reads in flight, as the mark's own threads once its reads wait (gc/scan.py).
 THREADS = 6
-# Folders or repositories per batch: the first of each is read alone, and timed (_batch).
+# Folders or repositories per batch: each starts in one thread, timed (_batch).
 _BATCH = 16
+# Short windows (pace.Meter): on a warm cache the warming must end within the
+# sweep's imports, before the mark needs both CPUs.
+_WINDOW_SECONDS = 0.005
 
 
 class Prefetch:
@@ -83,11 +85,16 @@ def _child(root: str, parent: int) -> NoReturn:
         os._exit(code)  # no atexit handlers, no flush of the parent's buffers
 
 
-def warm(driver: FilesystemDriver, wanted: Callable[[], bool] = lambda: True) -> int:
-    """Read what a mark reads, repositories in reverse order, while reads wait and
-    `wanted()`; how many repositories were read."""
+def warm(
+    driver: FilesystemDriver,
+    wanted: Callable[[], bool] = lambda: True,
+    meter: pace.Meter | None = None,
+) -> int:
+    """Read what a mark reads, repositories in reverse order, while reads wait (as
+    `meter` says) and `wanted()`; how many repositories were read."""
+    meter = pace.Meter(_WINDOW_SECONDS) if meter is None else meter
     with ThreadPoolExecutor(THREADS, thread_name_prefix="prefetch") as pool:
-        batch = functools.partial(_batch, pool, wanted)
+        batch = functools.partial(_batch, pool, meter, wanted)
         repositories: list[str] = []
         level = [""]
         while level:
@@ -110,18 +117,26 @@ def warm(driver: FilesystemDriver, wanted: Callable[[], bool] = lambda: True) ->
 
 
 def _batch(
-    pool: ThreadPoolExecutor, wanted: Callable[[], bool], fn: Callable[[str], T], items: list[str]
+    pool: ThreadPoolExecutor,
+    meter: pace.Meter,
+    wanted: Callable[[], bool],
+    fn: Callable[[str], T],
+    items: list[str],
 ) -> list[T] | None:
-    """[fn(item) for item in items]: the first in this thread, timed, the rest on
-    the pool; None, the rest not done, if that first one did not wait (pace.waits)
-    or the warming is no longer wanted."""
+    """[fn(item) for item in items]: in this thread, timed, until a window of them
+    waited, then the rest on the pool; None, the rest not done, once a window did
+    not wait (the reads come from memory) or the warming is no longer wanted."""
     if not wanted():
         return None
-    wall, cpu = time.perf_counter(), time.thread_time()
-    first = fn(items[0])
-    if not pace.waits(time.perf_counter() - wall, time.thread_time() - cpu):
-        return None
-    return [first, *pool.map(fn, items[1:])]
+    results: list[T] = []
+    for i, item in enumerate(items):
+        result, waited = meter.run(fn, item)
+        results.append(result)
+        if waited is False:
+            return None
+        if waited:
+            return results + list(pool.map(fn, items[i + 1 :]))
+    return results
 
 
 def _folders(driver: FilesystemDriver, name: str) -> Sequence[str]:
