@@ -13,10 +13,11 @@ the calling thread, and the time they take is counted in windows of
 WINDOW_SECONDS: a window in which that thread's CPU time was under WAITING of the
 wall time spent the rest waiting. After two such windows in a row the rest goes
 to the pool, from then on: a cold cache stays cold for the rest of a run, whose
-reads go to files it has not read.
-Measured at 100,000 blobs, windows of warm work had 0.94 to 1.00 of their wall
-time on the CPU, cold ones 0.37 to 0.51; two windows in a row make a scheduler's
-preemption on a busy host unlikely to be taken for a wait.
+reads go to files it has not read. Measured at 100,000 blobs, windows of warm
+work had 0.94 to 1.00 of their wall time on the CPU, cold ones 0.37 to 0.51; two
+windows in a row make a scheduler's preemption on a busy host unlikely to be
+taken for a wait. (Meter, the windows alone, also tells the warming process of
+gc/prefetch.py when to stop.)
 """
 
 from __future__ import annotations

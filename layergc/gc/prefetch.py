@@ -7,8 +7,8 @@ what the mark will read (the folders under repositories/, the revision and tag
 links, the layer-link folders) and throws it away: the mark finds it in memory.
 It reads the repositories in the reverse of the mark's order, so that the two
 meet instead of reading the same files one after the other, and it stops where
-its reads stop waiting (the mark, or an earlier reader, has been there; a warm
-cache stops it at its first probe).
+its reads stop waiting (the mark, or an earlier reader, has been there; on a
+warm cache, its first 5 ms of reads stop it).
 
 It only reads, through the filesystem driver (never outside the root, never
 through a symlink), and keeps nothing: what the mark finds cannot depend on it.
