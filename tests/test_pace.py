@@ -9,18 +9,22 @@ import logging
 import os
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from layergc.digest import Digest
+from layergc.driver.base import FileInfo
 from layergc.driver.filesystem import FilesystemDriver
 from layergc.gc import pace as pace_module
 from layergc.gc import scan, split
+from layergc.gc.db import open_index
 from layergc.gc.pace import WINDOW_SECONDS, Pace
+from layergc.gc.sweep import Sweeper, SweepOptions
 from layergc.gc.treegen import generate
 from layergc.storage import paths
-from tests.test_split import count_forks, same
+from tests.test_split import same
 
 
 class Clocks:
@@ -109,14 +113,17 @@ def test_results_keep_their_order_and_errors_propagate() -> None:
             pace.map(slow, list(range(100, 200)))
 
 
+def pool_threads(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
 def test_close_ends_the_threads_and_keeps_the_verdict() -> None:
-    before = threading.active_count()
-    pace = Pace(4)
+    pace = Pace(4, what="closing test")
     pace.waiting = True
     pace.map(lambda i: time.sleep(0.001), list(range(20)))
-    assert threading.active_count() > before
+    assert pool_threads("closing test")
     pace.close()
-    assert threading.active_count() == before  # a process may fork again
+    assert not pool_threads("closing test")  # a process may fork again
     assert pace.waiting
     idents = pace.map(lambda i: threading.get_ident(), list(range(8)))
     assert threading.get_ident() not in idents  # a new pool
@@ -126,38 +133,67 @@ def test_close_ends_the_threads_and_keeps_the_verdict() -> None:
 def test_a_forked_copy_makes_its_own_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a forked child inherits of the parent's pool has no threads: it makes a new
     one (the pid tells), and leaves the parent's alone on close."""
-    pace = Pace(2)
+    pace = Pace(2, what="forked copy")
     pace.waiting = True
     pace.map(lambda i: i, [1, 2])
     parents = pace._pool
     real_getpid = os.getpid
     monkeypatch.setattr(pace_module.os, "getpid", lambda: real_getpid() + 1)
     pace.map(lambda i: i, [1, 2])
-    assert pace._pool is not parents
+    assert pace._pool is not None and pace._pool is not parents
+    pace.close()  # the "child's" own pool
     monkeypatch.undo()
     assert parents is not None
     parents.shutdown()
+    assert not pool_threads("forked copy")
 
 
 # --- a mark whose reads wait ------------------------------------------------------------
 
 
 class WaitingDriver(FilesystemDriver):
-    """Every read waits half a millisecond, as one from a cold cache does; the
-    threads that read are recorded (in this process)."""
+    """Every read waits half a millisecond and every listing two, as from a cold
+    cache (the repository walk then goes to threads too); the threads that read
+    and list are recorded (in this process)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__(root)
         self.readers: set[int] = set()
+        self.listers: set[int] = set()
 
     def get_content(self, path: str) -> bytes:
         self.readers.add(threading.get_ident())
         time.sleep(0.0005)
         return super().get_content(path)
 
+    def list_names(self, path: str) -> list[str]:
+        self.listers.add(threading.get_ident())
+        time.sleep(0.002)
+        return super().list_names(path)
 
-def refuse_fork() -> int:
-    raise BlockingIOError(11, "Resource temporarily unavailable")
+    def list_entries(self, path: str) -> list[tuple[str, bool]]:
+        self.listers.add(threading.get_ident())
+        time.sleep(0.002)
+        return super().list_entries(path)
+
+
+class Forks:
+    """os.fork, with what the process was like at each attempt: (threads running,
+    threads that had listed); refused, as by a system out of processes, if `refuse`."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, driver: WaitingDriver, *, refuse: bool
+    ) -> None:
+        self.attempts: list[tuple[int, int]] = []
+        real_fork = os.fork
+
+        def fork() -> int:
+            self.attempts.append((threading.active_count(), len(driver.listers)))
+            if refuse:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            return real_fork()
+
+        monkeypatch.setattr(split.os, "fork", fork)
 
 
 def without_who_met(result: scan.MarkResult) -> scan.MarkResult:
@@ -212,13 +248,46 @@ def test_a_split_mark_whose_reads_wait_finds_the_same(
     monkeypatch.setattr(scan, "_SPLIT_MIN_REPOSITORIES", 4)
     monkeypatch.setattr(scan, "_SPLIT_REPOSITORIES_CHUNK", 6)
     monkeypatch.setattr(split, "can_fork", lambda: True)
-    forks = count_forks(monkeypatch)
-    if fork == "refused":
-        monkeypatch.setattr(split.os, "fork", refuse_fork)
+    forks = Forks(monkeypatch, waiting, refuse=fork == "refused")
     found = scan.mark(waiting)
-    assert forks == ([1] if fork == "forked" else [0])
+    # One attempt, made in a process of one thread after a repository walk on
+    # several: the walk's threads had ended.
+    assert len(forks.attempts) == 1
+    threads_then, listed_on = forks.attempts[0]
+    assert threads_then == 1 and listed_on > 1
+    if fork == "refused":
+        assert len(waiting.readers) > 1  # this process's chunks, on threads
     # The error names the repository in which it was met first: here, whichever
     # process or thread that was.
     same(without_who_met(expected), without_who_met(found))
     assert expected.stats.manifests_parsed == found.stats.manifests_parsed
     assert [e.kind for e in found.errors].count(scan.UNPARSEABLE_MANIFEST) == 1
+
+
+# --- the sweep's stats --------------------------------------------------------------------
+
+
+class StatWaitingDriver(FilesystemDriver):
+    """Every stat waits a millisecond; the threads that stat are recorded."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__(root)
+        self.staters: set[int] = set()
+
+    def stat(self, path: str) -> FileInfo:
+        self.staters.add(threading.get_ident())
+        time.sleep(0.001)
+        return super().stat(path)
+
+
+def test_a_sweep_whose_stats_wait_stats_on_threads_and_reports_the_same(tmp_path: Path) -> None:
+    generate(FilesystemDriver(tmp_path / "root"), 2000, seed=11)
+    plain, waiting = FilesystemDriver(tmp_path / "root"), StatWaitingDriver(tmp_path / "root")
+    options = SweepOptions(dry_run=True, grace=timedelta(0))
+    reports = []
+    for name, driver in (("plain", plain), ("waiting", waiting)):
+        with open_index(f"sqlite:///{tmp_path / name}.db") as index:
+            reports.append(Sweeper(driver, index, options).run().as_json())
+    assert reports[1]["blobs"] == reports[0]["blobs"] and len(reports[0]["blobs"]) == 200
+    assert reports[1]["errors"] == reports[0]["errors"] == []
+    assert len(waiting.staters) > 1  # the stats went to threads

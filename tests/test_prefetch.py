@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from layergc import cli
 from layergc.driver.filesystem import FilesystemDriver
 from layergc.gc import pace, prefetch, split
 from layergc.gc.treegen import generate
@@ -93,12 +95,6 @@ def test_reads_that_do_not_wait_stop_it_at_once(tree: tuple[Path, list[str]]) ->
     assert recorded == []  # it stopped in the walk of the folders
 
 
-def test_reads_from_a_warm_cache_stop_it_early(tree: tuple[Path, list[str]]) -> None:
-    """The real clocks, over a tree just written (in the page cache)."""
-    root, repositories = tree
-    assert prefetch.warm(FilesystemDriver(root)) < len(repositories)
-
-
 def test_it_stops_when_no_longer_wanted(tree: tuple[Path, list[str]]) -> None:
     root, repositories = tree
     driver = WaitingDriver(root)
@@ -119,6 +115,19 @@ def test_start_forks_only_for_a_filesystem_root_where_a_fork_is_allowed(
     assert prefetch.start({"driver": "filesystem", "rootdirectory": str(tmp_path)}) is None
 
 
+def test_the_process_does_its_work_and_ends_well(
+    tree: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left alone, the forked process warms (or finds the cache warm) and exits 0."""
+    root, _ = tree
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    warming = prefetch.start({"driver": "filesystem", "rootdirectory": str(root)})
+    assert warming is not None
+    _, status = os.waitpid(warming.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    warming.stop()  # reaped already: nothing to do, no error
+
+
 def test_stop_ends_and_reaps_the_process(
     tree: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,3 +140,49 @@ def test_stop_ends_and_reaps_the_process(
     warming.stop()  # a second stop does nothing
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
+
+
+@pytest.mark.parametrize("outcome", ["report", "failure"])
+def test_a_cli_sweep_ends_its_warming_process(
+    tree: tuple[Path, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    outcome: str,
+) -> None:
+    """Whatever way `layergc sweep` ends, the warming process is ended and reaped."""
+    root, _ = tree
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    started: list[prefetch.Prefetch] = []
+    real_start = prefetch.start
+
+    def recording_start(storage: dict[str, object]) -> prefetch.Prefetch | None:
+        warming = real_start(storage)
+        assert warming is not None
+        started.append(warming)
+        return warming
+
+    monkeypatch.setattr(prefetch, "start", recording_start)
+    if outcome == "failure":
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("the sweep broke")
+
+        monkeypatch.setattr(cli, "_sweep_once", broken)
+    argv = ["sweep", "--root", str(root), "--db", f"sqlite:///{tmp_path / 'i.db'}", "--dry-run"]
+    result = CliRunner().invoke(cli.main, [*argv, "--json"])
+    assert len(started) == 1
+    pid = started[0].pid
+    assert pid == 0  # stopped
+    if outcome == "failure":
+        assert isinstance(result.exception, RuntimeError)
+    else:
+        assert result.exit_code == 0, result.output
+    assert not [p for p in _children() if p != os.getpid()]
+
+
+def _children() -> list[int]:
+    """This process's live or unreaped children (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found

@@ -43,17 +43,33 @@ _WINDOW_SECONDS = 0.005
 
 
 class Prefetch:
-    """The warming process: stop() ends it (if it still runs) and reaps it."""
+    """The warming process: stop() ends it (if it still runs) and reaps it.
+
+    It is signalled through a pidfd where the system has them: under an inherited
+    "SIGCHLD ignored" the kernel reaps it by itself, and its number may have gone
+    to another process by the time the sweep ends."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: see stop()
+            self._pidfd = None
 
     def stop(self) -> None:
         pid, self.pid = self.pid, 0
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
+        if not pid:
+            return
+        pidfd, self._pidfd = self._pidfd, None
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):  # gone already
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            elif os.waitpid(pid, os.WNOHANG) == (0, 0):  # still running: the number is its
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # reaped already
             os.waitpid(pid, 0)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def start(storage: Mapping[str, Any]) -> Prefetch | None:
@@ -69,7 +85,10 @@ def start(storage: Mapping[str, Any]) -> Prefetch | None:
     except OSError:
         return None  # (no processes left: the sweep will say so itself, if it matters)
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        _child(root, parent)
+        try:
+            _child(root, parent)
+        finally:  # (a Ctrl-C before _child's own handlers)
+            os._exit(1)
     return Prefetch(pid)
 
 
