@@ -152,13 +152,13 @@ def test_a_cli_sweep_ends_its_warming_process(
     """Whatever way `layergc sweep` ends, the warming process is ended and reaped."""
     root, _ = tree
     monkeypatch.setattr(split, "can_fork", lambda: True)
-    started: list[prefetch.Prefetch] = []
+    started: list[tuple[prefetch.Prefetch, int]] = []
     real_start = prefetch.start
 
     def recording_start(storage: dict[str, object]) -> prefetch.Prefetch | None:
         warming = real_start(storage)
         assert warming is not None
-        started.append(warming)
+        started.append((warming, warming.pid))
         return warming
 
     monkeypatch.setattr(prefetch, "start", recording_start)
@@ -171,18 +171,11 @@ def test_a_cli_sweep_ends_its_warming_process(
     argv = ["sweep", "--root", str(root), "--db", f"sqlite:///{tmp_path / 'i.db'}", "--dry-run"]
     result = CliRunner().invoke(cli.main, [*argv, "--json"])
     assert len(started) == 1
-    pid = started[0].pid
-    assert pid == 0  # stopped
+    warming, pid = started[0]
+    assert warming.pid == 0  # stopped
     if outcome == "failure":
         assert isinstance(result.exception, RuntimeError)
     else:
         assert result.exit_code == 0, result.output
-    assert not [p for p in _children() if p != os.getpid()]
-
-
-def _children() -> list[int]:
-    """This process's live or unreaped children (Linux)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
