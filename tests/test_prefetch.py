@@ -115,14 +115,18 @@ def test_start_forks_only_for_a_filesystem_root_where_a_fork_is_allowed(
     assert prefetch.start({"driver": "filesystem", "rootdirectory": str(tmp_path)}) is None
 
 
+def started(root: Path, monkeypatch: pytest.MonkeyPatch) -> prefetch.Prefetch:
+    monkeypatch.setattr(split, "can_fork", lambda: True)
+    warming = prefetch.start({"driver": "filesystem", "rootdirectory": str(root)})
+    assert warming is not None
+    return warming
+
+
 def test_the_process_does_its_work_and_ends_well(
     tree: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Left alone, the forked process warms (or finds the cache warm) and exits 0."""
-    root, _ = tree
-    monkeypatch.setattr(split, "can_fork", lambda: True)
-    warming = prefetch.start({"driver": "filesystem", "rootdirectory": str(root)})
-    assert warming is not None
+    warming = started(tree[0], monkeypatch)
     _, status = os.waitpid(warming.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     warming.stop()  # reaped already: nothing to do, no error
@@ -131,10 +135,7 @@ def test_the_process_does_its_work_and_ends_well(
 def test_stop_ends_and_reaps_the_process(
     tree: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root, _ = tree
-    monkeypatch.setattr(split, "can_fork", lambda: True)
-    warming = prefetch.start({"driver": "filesystem", "rootdirectory": str(root)})
-    assert warming is not None
+    warming = started(tree[0], monkeypatch)
     pid = warming.pid
     warming.stop()
     warming.stop()  # a second stop does nothing
