@@ -10,8 +10,10 @@ meet instead of reading the same files one after the other, and it stops where
 its reads stop waiting (the mark, or an earlier reader, has been there; on a
 warm cache, its first 5 ms of reads stop it).
 
-It only reads, through the filesystem driver (never outside the root, never
-through a symlink), and keeps nothing: what the mark finds cannot depend on it.
+It reads with the mark's own walk and repository scan (gc/scan.py), so the two
+read the same files; it only reads, through the filesystem driver (never outside
+the root, never through a symlink), and keeps nothing: what the mark finds cannot
+depend on it.
 It ends when its walk is done or stops waiting, when the sweep stops it, or
 when its parent is gone.
 """
@@ -20,16 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 from layergc.driver.filesystem import FilesystemDriver
-from layergc.errors import StorageDriverError
-from layergc.gc import pace, split
-from layergc.storage import paths
+from layergc.gc import pace, scan, split
 
 T = TypeVar("T")
 
@@ -98,6 +99,8 @@ def _child(root: str, parent: int) -> NoReturn:
         # A Ctrl-C reaches the whole process group: the warming just ends.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # What the scan finds wrong, the sweep's own mark reports.
+        logging.disable(logging.CRITICAL)
         warm(FilesystemDriver(root, hold_root=True), lambda: os.getppid() == parent)
         code = 0
     finally:
@@ -109,28 +112,28 @@ def warm(
     wanted: Callable[[], bool] = lambda: True,
     meter: pace.Meter | None = None,
 ) -> int:
-    """Read what a mark reads, repositories in reverse order, while reads wait (as
-    `meter` says) and `wanted()`; how many repositories were read."""
+    """Read what a mark reads (its own walk and repository scan), repositories in
+    reverse order, while reads wait (as `meter` says) and `wanted()`; how many
+    repositories were read."""
     meter = pace.Meter(_WINDOW_SECONDS) if meter is None else meter
+    marker = scan.repository_reader(driver)
     with ThreadPoolExecutor(THREADS, thread_name_prefix="prefetch") as pool:
         batch = functools.partial(_batch, pool, meter, wanted)
-        repositories: list[str] = []
+        repositories: list[Any] = []
         level = [""]
         while level:
             names, level = level, []
             for start in range(0, len(names), _BATCH):
                 part = names[start : start + _BATCH]
-                listed = batch(functools.partial(_folders, driver), part)
+                listed = batch(marker.list_repository_folder, part)
                 if listed is None:
                     return 0
                 for name, folders in zip(part, listed, strict=True):
-                    if any(f in paths.REPOSITORY_MARKERS for f in folders):
-                        repositories.append(name)
-                    level += [f"{name}/{f}" if name else f for f in folders if f[:1] != "_"]
-        repositories.sort(reverse=True)
-        read = functools.partial(_read_repository, driver)
+                    if folders is not None:
+                        level += marker.found_in(name, folders, repositories)
+        repositories.sort(key=lambda r: r.name, reverse=True)
         for start in range(0, len(repositories), _BATCH):
-            if batch(read, repositories[start : start + _BATCH]) is None:
+            if batch(marker.scan_repository, repositories[start : start + _BATCH]) is None:
                 return start
         return len(repositories)
 
@@ -139,8 +142,8 @@ def _batch(
     pool: ThreadPoolExecutor,
     meter: pace.Meter,
     wanted: Callable[[], bool],
-    fn: Callable[[str], T],
-    items: list[str],
+    fn: Callable[[Any], T],
+    items: list[Any],
 ) -> list[T] | None:
     """[fn(item) for item in items]: in this thread, timed, until a window of them
     waited, then the rest on the pool; None, the rest not done, once a window did
@@ -156,28 +159,3 @@ def _batch(
         if waited:
             return results + list(pool.map(fn, items[i + 1 :]))
     return results
-
-
-def _folders(driver: FilesystemDriver, name: str) -> Sequence[str]:
-    path = f"{paths.REPOSITORIES}/{name}" if name else paths.REPOSITORIES
-    return _quietly(driver.list_names, path) or ()
-
-
-def _read_repository(driver: FilesystemDriver, name: str) -> None:
-    """The reads of gc/scan.py's scan_repository (but for upload folders)."""
-    for algorithm in _quietly(driver.list_names, paths.manifest_revisions_dir(name)) or ():
-        folder = paths.manifest_revisions_dir(name, algorithm)
-        for hex_ in _quietly(driver.list_names, folder) or ():
-            _quietly(driver.get_content, f"{folder}/{hex_}/link")
-    for tag in _quietly(driver.list_names, paths.tags_dir(name)) or ():
-        _quietly(driver.get_content, paths.tag_current_link(name, tag))
-    for algorithm in _quietly(driver.list_names, paths.layers_dir(name)) or ():
-        _quietly(driver.list_names, paths.layers_dir(name, algorithm))
-
-
-def _quietly(fn: Callable[[str], T], path: str) -> T | None:
-    """fn(path), or None for any failure: the mark meets, and reports, the same."""
-    try:
-        return fn(path)
-    except (StorageDriverError, OSError, ValueError):
-        return None

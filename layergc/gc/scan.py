@@ -398,6 +398,12 @@ def mark(
         return _Marker(driver, delete_untagged, reference_cache, progress, workers).run()
 
 
+def repository_reader(driver: StorageDriver) -> _Marker:
+    """A marker whose walk and repository scan are used alone, for their reads
+    (gc/prefetch.py): no reference cache, no progress, no thread pool."""
+    return _Marker(driver, False, None, None, 1)
+
+
 _gc_lock = threading.Lock()
 _gc_pausers = 0
 _gc_was_enabled = True
