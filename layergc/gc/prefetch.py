@@ -34,8 +34,6 @@ from layergc.gc import pace, scan, split
 
 T = TypeVar("T")
 
-# Reads in flight, as the mark's own threads once its reads wait (gc/scan.py).
-THREADS = 6
 # Folders or repositories per batch: each starts in one thread, timed (_batch).
 _BATCH = 16
 # Short windows (pace.Meter): on a warm cache the warming must end within the
@@ -117,7 +115,8 @@ def warm(
     repositories were read."""
     meter = pace.Meter(_WINDOW_SECONDS) if meter is None else meter
     marker = scan.repository_reader(driver)
-    with ThreadPoolExecutor(THREADS, thread_name_prefix="prefetch") as pool:
+    # As many reads in flight as the mark's own threads once its reads wait.
+    with ThreadPoolExecutor(scan.PACED_THREADS, thread_name_prefix="prefetch") as pool:
         batch = functools.partial(_batch, pool, meter, wanted)
         repositories: list[Any] = []
         level = [""]

@@ -445,7 +445,7 @@ _SPLIT_MIN_REPOSITORIES = 256
 # mark scanned the repositories in 4.8, 3.4, 3.0, 2.6, 2.6 and 2.6 s; a first one
 # (which reads the manifests too) took 5.73 to 5.80 s in all with 4, 5.46 to 5.54
 # with 6 and 5.51 to 5.55 with 8.
-_PACED_THREADS = 6
+PACED_THREADS = 6
 # Repositories scanned between two progress reports, in one process.
 _PROGRESS_REPOSITORIES = 250
 # Repositories per chunk of shared work: small enough to balance, large enough
@@ -569,7 +569,7 @@ class _Marker:
         self.progress = progress
         self.workers = max(1, workers)
         self.pool: ThreadPoolExecutor | None = None  # workers > 1: threads from the start
-        self.pace = Pace(_PACED_THREADS, what="mark reads")  # else: threads once reads wait
+        self.pace = Pace(PACED_THREADS, what="mark reads")  # else: threads once reads wait
         self.errors: list[ScanError] = []
         self.blocked = False
         self.stats = MarkStats()
