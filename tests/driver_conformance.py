@@ -187,6 +187,16 @@ class DriverConformance:
         assert read_all(driver, "/dir/file") == data
         assert driver.stat("/dir/file").size == len(data)
 
+    def test_get_content_stops_at_its_limit(self, driver: StorageDriver) -> None:
+        data = content(MiB + 7, 5)
+        driver.put_content("/limited", data)
+        for limit in (0, 1, 257, 65536, 65537, MiB + 6):
+            assert driver.get_content("/limited", limit) == data[:limit]
+        for limit in (MiB + 7, MiB + 8, 8 * MiB):
+            assert driver.get_content("/limited", limit) == data
+        driver.put_content("/empty", b"")
+        assert driver.get_content("/empty", 10) == b""
+
     def test_put_content_truncates(self, driver: StorageDriver) -> None:
         driver.put_content("/file", content(MiB))
         driver.put_content("/file", b"a")

@@ -161,10 +161,10 @@ class WaitingDriver(FilesystemDriver):
         self.readers: set[int] = set()
         self.listers: set[int] = set()
 
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         self.readers.add(threading.get_ident())
         time.sleep(0.0005)
-        return super().get_content(path)
+        return super().get_content(path, limit)
 
     def list_names(self, path: str) -> list[str]:
         self.listers.add(threading.get_ident())

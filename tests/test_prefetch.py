@@ -28,11 +28,11 @@ class WaitingDriver(FilesystemDriver):
         self.read: list[str] = []
         self.lock = threading.Lock()
 
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         time.sleep(0.0002)
         with self.lock:
             self.read.append(path)
-        return super().get_content(path)
+        return super().get_content(path, limit)
 
     def list_names(self, path: str) -> list[str]:
         time.sleep(0.0002)
@@ -82,9 +82,9 @@ def test_reads_that_do_not_wait_stop_it_at_once(tree: tuple[Path, list[str]]) ->
     recorded: list[str] = []
 
     class Recording(FilesystemDriver):
-        def get_content(self, path: str) -> bytes:
+        def get_content(self, path: str, limit: int | None = None) -> bytes:
             recorded.append(path)
-            return super().get_content(path)
+            return super().get_content(path, limit)
 
     ticks = itertools.count()
 

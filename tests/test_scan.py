@@ -14,10 +14,10 @@ from layergc.digest import Digest
 from layergc.driver.base import StorageDriver
 from layergc.driver.filesystem import FilesystemDriver
 from layergc.driver.inmemory import InMemoryDriver
-from layergc.gc import scan, treegen
+from layergc.gc import scan, treegen, uploads
 from layergc.storage import manifests as mt
 from layergc.storage import paths
-from layergc.storage.links import write_link
+from layergc.storage.links import MAX_LINK_SIZE, write_link
 
 
 @pytest.fixture(params=["inmemory", "filesystem"])
@@ -298,11 +298,11 @@ def test_a_link_read_empty_is_read_again(driver: StorageDriver) -> None:
     reads: list[str] = []
     real_get = driver.get_content
 
-    def get_content(path: str) -> bytes:
+    def get_content(path: str, limit: int | None = None) -> bytes:
         reads.append(path)
         if path == tag_link and reads.count(path) == 1:
             return b""  # caught mid-rewrite
-        return real_get(path)
+        return real_get(path, limit)
 
     driver.get_content = get_content  # type: ignore[method-assign]
     result = scan.mark(driver, delete_untagged=True)
@@ -448,6 +448,38 @@ def test_huge_manifest_blocks_blob_deletion(driver: StorageDriver) -> None:
     assert result.blob_deletion_blocked
     assert kinds(result) == [scan.UNPARSEABLE_MANIFEST]
     assert "larger than" in result.errors[0].message
+
+
+def test_planted_huge_files_are_read_no_further_than_their_limit(
+    driver: StorageDriver,
+) -> None:
+    """A link, a manifest or a startedat of megabytes is judged from its head: no
+    more of it is read than one byte past the most that is accepted."""
+    t = Tree(driver)
+    d, _ = t.image("big/app", "v1")
+    link = paths.manifest_revision_link("big/app", d)
+    driver.put_content(link, str(d).encode() * (1 << 15))
+    huge = t.blob(b'{"pad": "' + b"x" * (mt.MAX_MANIFEST_SIZE + 10) + b'"}')
+    write_link(driver, paths.manifest_revision_link("huge/app", huge), huge)
+    started_at = paths.upload_started_at("big/app", "u1")
+    driver.put_content(started_at, b"2" * (1 << 20))
+    longest: dict[str, int] = {}
+    real_get = driver.get_content
+
+    def get_content(path: str, limit: int | None = None) -> bytes:
+        data = real_get(path, limit)
+        longest[path] = max(longest.get(path, 0), len(data))
+        return data
+
+    driver.get_content = get_content  # type: ignore[method-assign]
+    result = scan.mark(driver)
+    info = uploads.inspect_upload(driver, "big/app", "u1")
+    assert sorted(kinds(result)) == [scan.CORRUPT_LINK, scan.UNPARSEABLE_MANIFEST]
+    assert entry(result, "big/app", d).kept  # a corrupt link keeps its revision
+    assert longest[link] == MAX_LINK_SIZE + 1
+    assert longest[paths.blob_data(huge)] == mt.MAX_MANIFEST_SIZE + 1
+    assert info.warning is not None and "startedat is unreadable" in info.warning
+    assert longest[started_at] == uploads.MAX_STARTED_AT_SIZE
 
 
 def test_manifest_blob_not_matching_its_digest_blocks(driver: StorageDriver) -> None:

@@ -115,8 +115,11 @@ class StorageDriver(ABC):
     name: str = "abstract"
 
     @abstractmethod
-    def get_content(self, path: str) -> bytes:
-        """The whole content of the file at `path`."""
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
+        """The whole content of the file at `path`; with `limit`, at most its first
+        `limit` bytes. A caller that refuses content over some size asks for one
+        byte more than it: a hostile file of gigabytes is then seen as too large
+        without being read (or downloaded) whole."""
 
     @abstractmethod
     def put_content(self, path: str, content: bytes) -> None:

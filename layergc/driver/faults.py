@@ -70,9 +70,9 @@ class FaultInjectingDriver(StorageDriver):
     def faults(self) -> int:
         return sum(self.injected.values())
 
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         self._fault("get_content", path)
-        return self.inner.get_content(path)
+        return self.inner.get_content(path, limit)
 
     def put_content(self, path: str, content: bytes) -> None:
         self._fault("put_content", path)

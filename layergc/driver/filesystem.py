@@ -402,20 +402,25 @@ class FilesystemDriver(StorageDriver):
     # --- the contract ----------------------------------------------------------
 
     @_driver_errors
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         validate_path(path)
         fd, st = self._open_file(path)
         try:
             # One byte more than the size: a read of a regular file that returns
             # less than asked has reached the end, so a file that did not grow
-            # takes one read; one that grew meanwhile is still read whole.
-            want = st.st_size + 1
+            # takes one read; one that grew meanwhile is still read whole (or to
+            # the limit).
+            want = st.st_size + 1 if limit is None else min(st.st_size + 1, limit)
             chunk = os.read(fd, want)
-            if len(chunk) < want:
+            if len(chunk) < want or len(chunk) == limit:
                 return chunk
-            chunks = [chunk]
-            while chunk := os.read(fd, 1 << 16):
+            chunks, got = [chunk], len(chunk)
+            while limit is None or got < limit:
+                chunk = os.read(fd, 1 << 16 if limit is None else min(limit - got, 1 << 16))
+                if not chunk:
+                    break
                 chunks.append(chunk)
+                got += len(chunk)
             return b"".join(chunks)
         finally:
             os.close(fd)

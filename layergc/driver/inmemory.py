@@ -162,10 +162,11 @@ class InMemoryDriver(StorageDriver):
 
     # --- the contract ----------------------------------------------------------
 
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         validate_path(path)
         with self._lock:
-            return bytes(self._find_file(path).data)
+            data = self._find_file(path).data
+            return bytes(data if limit is None else data[:limit])
 
     def put_content(self, path: str, content: bytes) -> None:
         validate_path(path)

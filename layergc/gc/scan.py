@@ -81,7 +81,7 @@ from layergc.gc import split
 from layergc.gc.pace import Pace
 from layergc.names import is_valid_repository_name
 from layergc.storage import manifests, paths
-from layergc.storage.links import parse_link
+from layergc.storage.links import MAX_LINK_SIZE, parse_link
 from layergc.storage.manifests import ManifestRefs, is_lower_hex, make_digest
 
 log = logging.getLogger(__name__)
@@ -1005,12 +1005,12 @@ class _Marker:
         """The hex of the digest a link holds; _GONE if there is no link; None
         if it is corrupt or unreadable (reported)."""
         try:
-            content = self.driver.get_content(path)
+            content = self.driver.get_content(path, MAX_LINK_SIZE + 1)
             if not content:
                 # The Go filesystem driver rewrites a link in place (truncate, then
                 # write): a tag being moved reads empty for an instant. Once more.
                 time.sleep(_EMPTY_LINK_RETRY_SECONDS)
-                content = self.driver.get_content(path)
+                content = self.driver.get_content(path, MAX_LINK_SIZE + 1)
         except PathNotFound:
             return _GONE
         except Exception as exc:
@@ -1117,7 +1117,10 @@ class _Marker:
             )
             return UNPARSEABLE
         try:
-            if _HASHES[d.algorithm](content).hexdigest() != hex_:
+            # An oversize manifest is read only to the limit, so its digest cannot
+            # match: the parser refuses it for its size instead.
+            too_large = len(content) > manifests.MAX_MANIFEST_SIZE
+            if not too_large and _HASHES[d.algorithm](content).hexdigest() != hex_:
                 raise InvalidManifest("its content does not match its digest (corrupt blob)")
             return manifests.references(content, intern=self.interner)
         except InvalidManifest as exc:
@@ -1131,21 +1134,9 @@ class _Marker:
             return UNPARSEABLE
 
     def read_bounded(self, path: str) -> bytes:
-        """A manifest's bytes, at most one more than the largest one we parse.
-
-        A hostile link can name a multi-GB layer as a manifest. On a remote
-        store reading it whole would cost the whole download, so only the head
-        is read; on a local disk get_content is much cheaper than a reader and
-        such a file costs a passing spike of memory before it is refused."""
-        if self.driver.name in LOCAL_DRIVERS:
-            return self.driver.get_content(path)
-        with self.driver.reader(path) as f:
-            chunks = []
-            left = manifests.MAX_MANIFEST_SIZE + 1
-            while left > 0 and (chunk := f.read(min(left, 1 << 16))):
-                chunks.append(chunk)
-                left -= len(chunk)
-        return b"".join(chunks)
+        """A manifest's bytes, at most one more than the largest one we parse: a
+        hostile link can name a multi-GB layer as a manifest."""
+        return self.driver.get_content(path, manifests.MAX_MANIFEST_SIZE + 1)
 
     def refs_for(self, hex_: str) -> ManifestRefs | None:
         """References of a manifest the closure reached (loaded on demand)."""

@@ -233,7 +233,7 @@ class TreeSnapshot(StorageDriver):
                 return FileInfo(path, 0, datetime.fromtimestamp(self._times[j], UTC), True)
         return self._driver.stat(path)
 
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         validate_path(path)
         if path.endswith(_LINK) and self._covers(path):
             i = self._index(path)
@@ -242,9 +242,9 @@ class TreeSnapshot(StorageDriver):
                 content = self._link_content(path, etag)
                 if content is not None:
                     self.links_from_listing += 1
-                    return content
+                    return content[:limit]
             self.links_read += 1
-        return self._driver.get_content(path)
+        return self._driver.get_content(path, limit)
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         return self._driver.reader(path, offset)

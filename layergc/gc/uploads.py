@@ -17,6 +17,9 @@ from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
 from layergc.storage import paths
 
+# An RFC 3339 time is under 40 bytes: a larger startedat is read no further.
+MAX_STARTED_AT_SIZE = 256
+
 # ASCII digits only: `\d` would take any Unicode digit, which is no RFC 3339.
 _RFC3339 = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]+))?"
@@ -57,7 +60,7 @@ def inspect_upload(driver: StorageDriver, repository: str, uuid: str) -> UploadI
         pass
     started_path = paths.upload_started_at(repository, uuid)
     try:
-        raw = driver.get_content(started_path)
+        raw = driver.get_content(started_path, MAX_STARTED_AT_SIZE)
         started = parse_rfc3339(raw.decode("utf-8", "strict"))
         return UploadInfo(repository, uuid, started, size)
     except PathNotFound:

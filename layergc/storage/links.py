@@ -15,7 +15,7 @@ def parse_link(path: str, content: bytes) -> Digest:
     if not content:
         raise InvalidLink(path, "empty")
     if len(content) > MAX_LINK_SIZE:
-        raise InvalidLink(path, f"{len(content)} bytes, longer than any digest")
+        raise InvalidLink(path, f"over {MAX_LINK_SIZE} bytes, longer than any digest")
     try:
         text = content.decode("ascii")
     except UnicodeDecodeError:
@@ -31,7 +31,7 @@ def parse_link(path: str, content: bytes) -> Digest:
 
 def read_link(driver: StorageDriver, path: str) -> Digest:
     """Read and parse a link; PathNotFound when missing, InvalidLink when corrupt."""
-    return parse_link(path, driver.get_content(path))
+    return parse_link(path, driver.get_content(path, MAX_LINK_SIZE + 1))
 
 
 def write_link(driver: StorageDriver, path: str, digest: Digest) -> None:

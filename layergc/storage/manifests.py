@@ -276,8 +276,7 @@ def _load(content: bytes) -> dict[str, Any]:
         raise InvalidManifest(f"manifest content is {type(content).__name__}, not bytes")
     if len(content) > MAX_MANIFEST_SIZE:
         raise InvalidManifest(
-            f"manifest of {len(content)} bytes is larger than the registry's "
-            f"limit of {MAX_MANIFEST_SIZE} bytes"
+            f"manifest is larger than the registry's limit of {MAX_MANIFEST_SIZE} bytes"
         )
     try:
         doc = _json_loads(content if type(content) is bytes else bytes(content))

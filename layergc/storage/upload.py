@@ -34,6 +34,7 @@ from layergc.errors import (
     PathNotFound,
     StorageDriverError,
 )
+from layergc.gc.uploads import MAX_STARTED_AT_SIZE
 from layergc.gc.uploads import parse_rfc3339 as parse_started_at
 from layergc.storage import hashstate, paths
 
@@ -261,7 +262,7 @@ def resume_upload(
         raise LayerUploadUnknown(repo, str(uuid))
     started_path = paths.upload_started_at(repo, uuid)
     try:
-        raw = driver.get_content(started_path)
+        raw = driver.get_content(started_path, MAX_STARTED_AT_SIZE)
     except PathNotFound:
         raise LayerUploadUnknown(repo, uuid) from None
     try:
@@ -309,9 +310,11 @@ def restore_hash(
     if states is None:
         states = _stored_states(service, uuid, algorithm, size)
     h: hashstate.ResumableHash | None = None
+    # One byte over a state's fixed size is enough to refuse a larger file.
+    limit = hashstate.SPECS[algorithm].marshaled_size + 1
     for offset in sorted(states, reverse=True):
         try:
-            candidate = hashstate.unmarshal(driver.get_content(states[offset]), algorithm)
+            candidate = hashstate.unmarshal(driver.get_content(states[offset], limit), algorithm)
         except (PathNotFound, hashstate.HashStateError) as exc:
             log.warning("unusable hash state", extra={"path": states[offset], "error": str(exc)})
             continue

@@ -483,6 +483,11 @@ CASES: list[Damage] = [
         "corrupt-link",
         _rewrite_revision_link(lambda d: str(d).encode()[:30]),
     ),
+    Damage(  # a planted file of megabytes is refused from its head
+        "revision-link-huge",
+        "corrupt-link",
+        _rewrite_revision_link(lambda d: str(d).encode() * (8 << 20 >> 6)),
+    ),
     Damage(
         "revision-link-bad-digest",
         "corrupt-link",
@@ -527,6 +532,7 @@ CASES: list[Damage] = [
     # startedat
     Damage("startedat-garbage", "warning", _startedat(b"yesterday-ish"), exit_code=0),
     Damage("startedat-empty", "warning", _startedat(b""), exit_code=0),
+    Damage("startedat-huge", "warning", _startedat(b"2" * (8 << 20)), exit_code=0),
     Damage("startedat-non-utf8", "warning", _startedat(b"\xff\xfe2026\x00"), exit_code=0),
     Damage("startedat-no-zone", "warning", _startedat(b"2026-11-19T05:34:45"), exit_code=0),
     Damage("startedat-missing", "warning", _startedat(None), exit_code=0),

@@ -33,9 +33,9 @@ class RecordingDriver(StorageDriver):
         """Calls that read the content of `path`."""
         return [c for c in self.calls if c[1] == path and c[0] in ("reader", "get_content")]
 
-    def get_content(self, path: str) -> bytes:
+    def get_content(self, path: str, limit: int | None = None) -> bytes:
         self._record("get_content", path)
-        return self.inner.get_content(path)
+        return self.inner.get_content(path, limit)
 
     def put_content(self, path: str, content: bytes) -> None:
         self._record("put_content", path)
