@@ -112,6 +112,38 @@ def test_rows_the_fast_path_refuses_fail_as_from_dict_does(
         index.reference_cache().get_all()
 
 
+_H10, _H11 = d(10).hex, d(11).hex
+
+
+@pytest.mark.parametrize(
+    "blobs",
+    [
+        f"sha256:{_H10} {_H11[:9]}sha256:{_H11[9:]}",  # a prefix inside a hex
+        f"sha256:{_H10}sha256:{_H11} ",
+        f" sha256:{_H10}sha256:{_H11}",
+        f"sha256:{_H10} sha256:sha256:{_H11[7:]}",
+        f"sha256:{_H10[:32]} sha256:{_H10[32:]}{_H11}",
+    ],
+)
+def test_known_hexes_in_a_malformed_text_are_refused_as_from_dict_does(
+    index: Index, blobs: str
+) -> None:
+    """The check without the regular expression takes a text only when every hex in
+    it is one the mark knows: these hold known hexes, laid out wrong."""
+    key = str(d(7))
+    with index.engine.begin() as conn:
+        conn.execute(
+            insert(ManifestReferences).values(
+                digest=key, media_type="x", kind="image", blobs=blobs, children=""
+            )
+        )
+    with pytest.raises(Exception) as expected:
+        ManifestRefs.from_dict(index.get_references([key])[key])
+    known = {x.hex: x for x in (d(7), d(10), d(11))}
+    with pytest.raises(type(expected.value)):
+        index.reference_cache().get_many([d(7)], intern=known)
+
+
 def test_odd_spacing_still_reads_as_from_dict_does(index: Index) -> None:
     key = str(d(8))
     blobs = f"{d(10)}  {d(11)}"  # not what put_references writes, but split() reads it

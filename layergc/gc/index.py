@@ -61,7 +61,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.schema import Index as SqlIndex
 from sqlalchemy.sql import Select
 
-from layergc.digest import ALGORITHM_OF_LENGTH, ALGORITHMS, Digest
+from layergc.digest import ALGORITHMS, Digest
 
 log = logging.getLogger(__name__)
 
@@ -1141,26 +1141,33 @@ def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
     per-digest checks of Digest.parse were most of a repeated mark's cache reads."""
     if not text:
         return ()
-    if not _DIGEST_LIST.fullmatch(text):
-        return None
     # The hex alone names the digest (each algorithm has its own length), and the
     # mark's interner (`by_hex`) holds nearly all of them: found in one pass in C,
     # holding the blob listing's own strings, not a copy per manifest.
-    hexes = _ALGORITHM_PREFIX.sub("", text).split(" ")
-    found = list(map(by_hex.get, hexes))
-    if not all(found):  # (not `None in found`: that calls Digest.__eq__ per element)
-        from layergc.storage.manifests import make_digest  # see _cached_refs
+    count, extra = divmod(len(text) + 1, _SHA256_ITEM)
+    if (
+        not extra
+        and text.startswith("sha256:")
+        and text.count("sha256:") == count
+        and text.count(" sha256:") == count - 1
+    ):
+        # As _digest_text writes sha256 digests. Then each prefix opens the text or
+        # follows a space, and `count` hexes that by_hex holds (well-formed, each
+        # at least 64 long) in 64 * count characters are sha256 hexes: the text is
+        # well-formed without the regular expression (which took longer than the rest).
+        found = list(map(by_hex.get, text.replace("sha256:", "").split(" ")))
+        if len(found) == count and all(found):
+            return tuple(found)  # type: ignore[arg-type]
+    if not _DIGEST_LIST.fullmatch(text):
+        return None
+    from layergc.storage.manifests import interned_digest  # see _cached_refs
 
-        for i, d in enumerate(found):
-            if d is None:
-                hex_ = sys.intern(hexes[i])
-                found[i] = by_hex.setdefault(
-                    hex_, make_digest(ALGORITHM_OF_LENGTH[len(hex_)], hex_)
-                )
-    return tuple(found)  # type: ignore[arg-type]
+    hexes = map(sys.intern, _ALGORITHM_PREFIX.sub("", text).split(" "))
+    return tuple(interned_digest(by_hex, hex_) for hex_ in hexes)
 
 
 _HEX: Final = operator.attrgetter("hex")
+_SHA256_ITEM: Final = len("sha256:") + ALGORITHMS["sha256"] + len(" ")
 _ALGORITHM_PREFIX: Final = re.compile("|".join(f"{name}:" for name in ALGORITHMS))
 _ONE_DIGEST: Final = "|".join(f"{name}:[0-9a-f]{{{n}}}" for name, n in ALGORITHMS.items())
 _DIGEST_LIST: Final = re.compile(f"(?:(?:{_ONE_DIGEST})(?: (?:{_ONE_DIGEST}))*)?")

@@ -74,7 +74,7 @@ from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
-from layergc.digest import ALGORITHM_OF_LENGTH, ALGORITHMS, Digest
+from layergc.digest import ALGORITHMS, Digest
 from layergc.driver.base import StorageDriver
 from layergc.errors import InvalidLink, InvalidManifest, PathNotFound
 from layergc.gc import split
@@ -82,7 +82,7 @@ from layergc.gc.pace import Pace
 from layergc.names import is_valid_repository_name
 from layergc.storage import manifests, paths
 from layergc.storage.links import MAX_LINK_SIZE, parse_link
-from layergc.storage.manifests import ManifestRefs, is_lower_hex, make_digest
+from layergc.storage.manifests import ManifestRefs, interned_digest, is_lower_hex, make_digest
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +204,7 @@ class _Interner(dict[str, Digest]):
     Digest and one hash-table entry per blob, where sys.intern and a set of the
     listing each cost another table (8 MiB at 100,000 blobs)."""
 
-    def digest(self, hex_: str) -> Digest:
-        d = self.get(hex_)
-        if d is None:
-            d = self[hex_] = make_digest(ALGORITHM_OF_LENGTH[len(hex_)], hex_)
-        return d
+    digest = interned_digest
 
     def canon(self, hex_: str) -> str:
         """The shared string equal to `hex_` (the listing's, if it is a blob there)."""

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
-from layergc.digest import ALGORITHMS, Digest
+from layergc.digest import ALGORITHM_OF_LENGTH, ALGORITHMS, Digest
 from layergc.errors import InvalidManifest
 
 try:  # about 1.6 times faster than json on manifests; stricter only where Go is strict too
@@ -376,6 +376,15 @@ def _digest_maker() -> Callable[[str, str], Digest]:
 
 
 make_digest = _digest_maker()
+
+
+def interned_digest(by_hex: dict[str, Digest], hex_: str) -> Digest:
+    """The one Digest `by_hex` holds for a well-formed hex (its length names its
+    algorithm), made and entered if there is none yet."""
+    d = by_hex.get(hex_)
+    if d is None:
+        d = by_hex[hex_] = make_digest(ALGORITHM_OF_LENGTH[len(hex_)], hex_)
+    return d
 
 
 def is_lower_hex(text: str, length: int) -> bool:
