@@ -129,7 +129,10 @@ def warm(
                     return 0
                 for name, folders in zip(part, listed, strict=True):
                     if folders is not None:
-                        level += marker.found_in(name, folders, repositories)
+                        repository, below = marker.found_in(name, folders)
+                        if repository is not None:
+                            repositories.append(repository)
+                        level += below
         repositories.sort(key=lambda r: r.name, reverse=True)
         for start in range(0, len(repositories), _BATCH):
             if batch(marker.scan_repository, repositories[start : start + _BATCH]) is None:

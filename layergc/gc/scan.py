@@ -754,7 +754,10 @@ class _Marker:
             names, level = level, []
             for name, folders in zip(names, listings, strict=True):
                 if folders is not None:  # (None: reported, blocking: repositories may hide below)
-                    level += self.found_in(name, folders, found)
+                    repository, below = self.found_in(name, folders)
+                    if repository is not None:
+                        found.append(repository)
+                    level += below
         found.sort(key=lambda r: r.name)
         self.stats.repositories = len(found)
         return found
@@ -766,11 +769,12 @@ class _Marker:
     def list_repository_folder(self, name: str) -> list[str] | None:
         return self.list_dirs(self.repositories_path(name), name or None)
 
-    def found_in(self, name: str, folders: list[str], found: list[_Repository]) -> list[str]:
-        """The repository that folder `name` is, if any, into `found`; its sub-folders
-        to look into."""
+    def found_in(self, name: str, folders: list[str]) -> tuple[_Repository | None, list[str]]:
+        """The repository that folder `name` (holding `folders`) is, if it is one; and
+        its sub-folders to look into."""
         path = self.repositories_path(name)
         markers = frozenset(f for f in folders if f in paths.REPOSITORY_MARKERS)
+        repository = None
         if markers and not name:
             self.error(
                 INVALID_REPOSITORY_NAME,
@@ -780,8 +784,8 @@ class _Marker:
                 blocking=True,
             )
         elif markers:
-            found.append(self.repository(name, path, markers))
-        return [f"{name}/{f}" if name else f for f in folders if f not in markers]
+            repository = self.repository(name, path, markers)
+        return repository, [f"{name}/{f}" if name else f for f in folders if f not in markers]
 
     def repository(self, name: str, path: str, markers: frozenset[str]) -> _Repository:
         valid = is_valid_repository_name(name)
