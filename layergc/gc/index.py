@@ -1062,6 +1062,9 @@ class IndexReferenceCache:
 
     @staticmethod
     def _entries(rows: Iterable[Sequence[Any]], by_hex: dict[str, Digest]) -> dict[Any, Any]:
+        # Imported here: the index must not need the manifest parser to open or migrate.
+        from layergc.storage.manifests import ManifestRefs
+
         found: dict[Any, Any] = {}
         for row in rows:
             # Its hex finds the entry's Digest (hex lengths differ between algorithms):
@@ -1073,7 +1076,7 @@ class IndexReferenceCache:
                 if not digests or len(digests) != 1:
                     raise ValueError(f"reference cache: malformed key {row[0][:200]!r}")
                 key = digests[0]
-            found[key] = _cached_refs(row, by_hex)
+            found[key] = _cached_refs(row, by_hex, ManifestRefs)
         return found
 
     def put_many(self, refs: Mapping[Any, Any]) -> None:
@@ -1110,28 +1113,28 @@ def _digest_text(digests: Sequence[Digest]) -> str:
     return " ".join(map(str, digests))
 
 
-def _cached_refs(row: Sequence[Any], by_hex: dict[str, Digest]) -> Any:
-    """ManifestRefs.from_dict of a stored row (see Index.reference_rows), faster. What
-    the fast path does not take (extra fields, an unknown kind or algorithm, a malformed
-    digest) goes through from_dict, which judges it (and raises) as before."""
-    # Imported here: the index must not need the manifest parser to open or migrate.
-    from layergc.storage.manifests import ManifestRefs
-
+def _cached_refs(row: Sequence[Any], by_hex: dict[str, Digest], refs_type: Any) -> Any:
+    """refs_type.from_dict (ManifestRefs's) of a stored row (see Index.reference_rows),
+    faster. What the fast path does not take (extra fields, an unknown kind or
+    algorithm, a malformed digest) goes through from_dict, which judges it (and
+    raises) as before."""
     _digest, media_type, kind, blobs, children, subject, extra = row
     if not extra and kind in _MANIFEST_KINDS:
         blob_digests = _digests(blobs, by_hex)
-        child_digests = _digests(children, by_hex)
+        child_digests = _digests(children, by_hex) if children else ()
         subject_digest = _digests(subject, by_hex) if subject else ()
         if blob_digests is not None and child_digests is not None and subject_digest is not None:
-            # Interned: a few distinct values, held by every entry of a mark.
-            return ManifestRefs(
-                media_type=sys.intern(str(media_type)),
-                kind=sys.intern(kind),
-                blobs=blob_digests,
-                children=child_digests,
-                subject=subject_digest[0] if subject_digest else None,
+            # Interned: a few distinct values, held by every entry of a mark. By
+            # position (media type, kind, blobs, children, subject): by keyword cost
+            # more than the rest of this.
+            return refs_type(
+                sys.intern(str(media_type)),
+                sys.intern(kind),
+                blob_digests,
+                child_digests,
+                subject_digest[0] if subject_digest else None,
             )
-    return ManifestRefs.from_dict(_reference_entry(row))
+    return refs_type.from_dict(_reference_entry(row))
 
 
 def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
