@@ -29,9 +29,10 @@ from layergc.errors import (
     UnknownManifest,
     UnknownTag,
 )
+from layergc.gc.uploads import parse_rfc3339 as parse_started_at
 from layergc.storage import Registry, hashstate, paths
 from layergc.storage.layers import LayerService
-from layergc.storage.upload import format_started_at, parse_started_at
+from layergc.storage.upload import format_started_at
 from tests.support.recording import RecordingDriver
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -5,10 +5,11 @@ writes made from the blob-cache clear or the re-check's crash point).
 1. The re-check (step 3) reads manifests in quarantine. A client pushed an image
    whose manifest blob a sweep had just found unreferenced; its revision link
    landed after the mark, while the manifest blob sat in quarantine. The re-check
-   reads manifests through QuarantineOverlay with a reader (not get_content) on
-   any driver but a local one read serially, and the overlay's reader did not look
-   in the quarantine: the revision counted as "no manifest blob: not a root", and
-   the sweep deleted the manifest, its config and its layers under a live tag.
+   reads manifests through QuarantineOverlay (then with a reader on every driver
+   but a local one read serially, now with get_content everywhere), and the
+   overlay's reader did not look in the quarantine: the revision counted as "no
+   manifest blob: not a root", and the sweep deleted the manifest, its config and
+   its layers under a live tag.
 2. The delete (step 4) keeps the layer links of a blob uploaded again. A client,
    told during the settle that a quarantined layer was unknown, uploaded it again
    (data back in the blob store, a new layer link) and pushed its manifest just
@@ -35,7 +36,7 @@ from tests.test_sweep import Store, actions, sweep
 
 @pytest.fixture
 def store() -> Store:
-    return Store()  # the in-memory driver: the re-check reads it with a reader
+    return Store()  # the in-memory driver, read through the overlay by the re-check
 
 
 @pytest.fixture

@@ -479,7 +479,19 @@ def test_planted_huge_files_are_read_no_further_than_their_limit(
     assert longest[link] == MAX_LINK_SIZE + 1
     assert longest[paths.blob_data(huge)] == mt.MAX_MANIFEST_SIZE + 1
     assert info.warning is not None and "startedat is unreadable" in info.warning
-    assert longest[started_at] == uploads.MAX_STARTED_AT_SIZE
+    assert longest[started_at] == uploads.MAX_STARTED_AT_SIZE + 1
+
+
+def test_a_startedat_over_its_limit_is_refused_not_cut_to_size() -> None:
+    driver, path = InMemoryDriver(), paths.upload_started_at("a/b", "u1")
+    time_ = b"2026-11-19T05:34:45Z"
+    limit = uploads.MAX_STARTED_AT_SIZE
+    driver.put_content(path, time_.ljust(limit))
+    assert uploads.read_started_at(driver, path) == datetime(2026, 11, 19, 5, 34, 45, tzinfo=UTC)
+    for content in (time_.ljust(limit + 1), time_ + b" " * 300 + b"junk"):
+        driver.put_content(path, content)
+        with pytest.raises(ValueError, match="longer than any RFC 3339 time"):
+            uploads.read_started_at(driver, path)
 
 
 def test_manifest_blob_not_matching_its_digest_blocks(driver: StorageDriver) -> None:

@@ -116,8 +116,8 @@ class StorageDriver(ABC):
 
     @abstractmethod
     def get_content(self, path: str, limit: int | None = None) -> bytes:
-        """The whole content of the file at `path`; with `limit`, at most its first
-        `limit` bytes. A caller that refuses content over some size asks for one
+        """The whole content of the file at `path`; with `limit` (never negative),
+        at most its first `limit` bytes. A caller that refuses content over some size asks for one
         byte more than it: a hostile file of gigabytes is then seen as too large
         without being read (or downloaded) whole."""
 

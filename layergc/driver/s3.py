@@ -528,12 +528,16 @@ class S3Driver(StorageDriver):
 
     def get_content(self, path: str, limit: int | None = None) -> bytes:
         validate_path(path)
+        if limit is not None:
+            # Through a reader, which reopens a stream broken mid-object (a manifest
+            # of megabytes is read this way); closing it early drops the connection
+            # rather than download the rest.
+            with self.reader(path) as f:
+                return f.read(limit)
         with self._errors(path, "GetObject"):
-            # Not a ranged GET for the limit: S3 refuses a range of an empty object.
-            # Closing the body early drops the connection, not the download's cost.
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(path))
             with response["Body"] as body:
-                return bytes(body.read() if limit is None else body.read(limit))
+                return bytes(body.read())
 
     def put_content(self, path: str, content: bytes) -> None:
         validate_path(path)

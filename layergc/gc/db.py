@@ -29,7 +29,6 @@ this schema is the one the migrations build.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from functools import cache
@@ -247,7 +246,7 @@ def declared_heads() -> tuple[str, ...] | None:
     return tuple(sorted(revisions - parents))
 
 
-@functools.cache
+@cache
 def _version_table() -> Table:
     """layergc's version table, as Alembic creates it."""
     return Table(

@@ -1047,7 +1047,8 @@ class IndexReferenceCache:
         # the mark's own where it has one, and each row converted as it comes: a
         # repeated mark loads every manifest's entry, and the intermediate dicts of
         # get_references, Digest.parse per reference, or a map of every wanted digest's
-        # string, cost more time and memory than the rest of it.
+        # string, cost more time and memory than the rest of it. `intern` maps
+        # well-formed hexes to their Digests (a mark's interner): _digests relies on it.
         wanted = list(digests)
         by_hex: dict[str, Digest] = {} if intern is None else intern
         for d in wanted:
@@ -1163,7 +1164,8 @@ def _digests(text: str, by_hex: dict[str, Digest]) -> tuple[Digest, ...] | None:
             return tuple(found)  # type: ignore[arg-type]
     if not _DIGEST_LIST.fullmatch(text):
         return None
-    from layergc.storage.manifests import interned_digest  # see _cached_refs
+    # Imported here: the index must not need the manifest parser to open or migrate.
+    from layergc.storage.manifests import interned_digest
 
     hexes = map(sys.intern, _ALGORITHM_PREFIX.sub("", text).split(" "))
     return tuple(interned_digest(by_hex, hex_) for hex_ in hexes)

@@ -427,8 +427,7 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-# Local drivers: get_content of a file of any size is cheap enough (see
-# read_bounded), and threads only add GIL contention (see mark).
+# Local drivers: threads only add GIL contention there (see mark).
 LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 # How long a link read empty waits before it is read again (read_link).
 _EMPTY_LINK_RETRY_SECONDS = 0.01

@@ -17,7 +17,7 @@ from layergc.driver.base import StorageDriver
 from layergc.errors import PathNotFound, StorageDriverError
 from layergc.storage import paths
 
-# An RFC 3339 time is under 40 bytes: a larger startedat is read no further.
+# An RFC 3339 time is under 40 bytes: a larger startedat is refused from its head.
 MAX_STARTED_AT_SIZE = 256
 
 # ASCII digits only: `\d` would take any Unicode digit, which is no RFC 3339.
@@ -42,6 +42,16 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError(f"RFC 3339 time out of range: {text[:64]!r}") from None
 
 
+def read_started_at(driver: StorageDriver, path: str) -> datetime:
+    """The time in a `startedat` file: PathNotFound when there is none, ValueError
+    (UnicodeDecodeError too) when it holds no RFC 3339 time. One byte past the
+    longest accepted is read, so that a larger file is refused, not cut to size."""
+    raw = driver.get_content(path, MAX_STARTED_AT_SIZE + 1)
+    if len(raw) > MAX_STARTED_AT_SIZE:
+        raise ValueError(f"over {MAX_STARTED_AT_SIZE} bytes, longer than any RFC 3339 time")
+    return parse_rfc3339(raw.decode("utf-8", "strict"))
+
+
 @dataclass(slots=True)
 class UploadInfo:
     repository: str
@@ -60,8 +70,7 @@ def inspect_upload(driver: StorageDriver, repository: str, uuid: str) -> UploadI
         pass
     started_path = paths.upload_started_at(repository, uuid)
     try:
-        raw = driver.get_content(started_path, MAX_STARTED_AT_SIZE)
-        started = parse_rfc3339(raw.decode("utf-8", "strict"))
+        started = read_started_at(driver, started_path)
         return UploadInfo(repository, uuid, started, size)
     except PathNotFound:
         reason = "startedat is missing"

@@ -34,8 +34,7 @@ from layergc.errors import (
     PathNotFound,
     StorageDriverError,
 )
-from layergc.gc.uploads import MAX_STARTED_AT_SIZE
-from layergc.gc.uploads import parse_rfc3339 as parse_started_at
+from layergc.gc.uploads import read_started_at
 from layergc.storage import hashstate, paths
 
 if TYPE_CHECKING:
@@ -262,12 +261,10 @@ def resume_upload(
         raise LayerUploadUnknown(repo, str(uuid))
     started_path = paths.upload_started_at(repo, uuid)
     try:
-        raw = driver.get_content(started_path, MAX_STARTED_AT_SIZE)
+        started_at = read_started_at(driver, started_path)
     except PathNotFound:
         raise LayerUploadUnknown(repo, uuid) from None
-    try:
-        started_at = parse_started_at(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:  # UnicodeDecodeError too
         # A broken timestamp must not make the data unreachable: use the file's time.
         started_at = driver.stat(started_path).mod_time
         log.warning("unreadable startedat", extra={"repository": repo, "uuid": uuid})
