@@ -225,6 +225,20 @@ def test_writer_resumes_across_processes(fs: FilesystemDriver, tmp_path: Path) -
     assert fs.get_content("/uploads/u1/data") == b"hello world!"
 
 
+def test_a_read_capped_by_the_kernel_is_not_taken_for_the_end(
+    fs: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux returns at most 2 GiB less a page from one read(2): a file larger
+    than that must still be read whole. The cap is made small here."""
+    data = os.urandom(1000)
+    fs.put_content("/big", data)
+    real_read = os.read
+    monkeypatch.setattr(filesystem, "_MAX_READ", 100)
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 100)))
+    assert fs.get_content("/big") == data
+    assert fs.get_content("/big", 250) == data[:250]
+
+
 def test_closed_writer_content_is_on_disk(fs: FilesystemDriver) -> None:
     writer = fs.writer("/data")
     writer.write(b"abc")

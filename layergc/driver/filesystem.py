@@ -64,6 +64,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # ignored for regular files.
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _FILE_MODE = 0o666  # less the umask, as Go's driver
+# Linux's MAX_RW_COUNT: one read(2) returns at most this many bytes (2 GiB less a
+# page), so a shorter read of a larger file is not its end.
+_MAX_READ = 0x7FFFF000
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _LISTING_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")  # names joined by "/"
 _TEMP_SUFFIX = "~tmp"  # `~` is not valid in a driver path: never listed, never clashes
@@ -407,12 +410,12 @@ class FilesystemDriver(StorageDriver):
         fd, st = self._open_file(path)
         try:
             # One byte more than the size: a read of a regular file that returns
-            # less than asked has reached the end, so a file that did not grow
-            # takes one read; one that grew meanwhile is still read whole (or to
-            # the limit).
+            # less than asked has reached the end (unless the kernel capped the
+            # read), so a file that did not grow takes one read; one that grew
+            # meanwhile is still read whole (or to the limit).
             want = st.st_size + 1 if limit is None else min(st.st_size + 1, limit)
             chunk = os.read(fd, want)
-            if len(chunk) < want or len(chunk) == limit:
+            if (len(chunk) < want and len(chunk) < _MAX_READ) or len(chunk) == limit:
                 return chunk
             chunks, got = [chunk], len(chunk)
             while limit is None or got < limit:
