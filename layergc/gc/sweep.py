@@ -261,6 +261,9 @@ class Sweeper:
             log.exception("sweep failed")
             report.error("run-failed", f"{type(exc).__name__}: {exc}")
             report.status = "failed"
+        except BaseException:  # Ctrl-C, SystemExit: recorded as such, then on its way
+            report.status = "interrupted"
+            raise
         finally:
             report.finished_at = _now()
             self.index.finish_run(
@@ -313,7 +316,7 @@ class Sweeper:
             restored = restore_leftovers(self.driver)
             if restored:
                 report.warnings.append(
-                    f"restored {len(restored)} files left in quarantine by an interrupted run"
+                    f"restored {len(restored)} files left in quarantine by an earlier run"
                 )
             settle_index(self.driver, self.index)
         self._check_stop()
@@ -442,19 +445,21 @@ class Sweeper:
     ) -> tuple[list[Doomed], set[Digest]]:
         """Untagged manifests to delete, and the blobs the deferred ones still need."""
         candidates = mark.untagged_to_delete
-        if not candidates:
-            return [], set()
-        first_seen = self.index.observe_unreferenced(
-            report.run_id,
+        # Observed even when there are none: a manifest tagged again is forgotten,
+        # so that its grace starts over when it is untagged once more.
+        first_seen = self._observe(
+            report,
+            mark,
             "manifest",
             [(f"{repo}@{digest}", repo, None) for repo, digest in candidates],
             now,
         )
-        doomed: list[Doomed] = []
-        deferred: list[Digest] = []
+        if not candidates:
+            return [], set()
+        decided: list[tuple[str, Digest, bool]] = []
         for repo, digest in candidates:
             key = f"{repo}@{digest}"
-            eligible = self._old_enough(first_seen.get(key, now), now)
+            eligible = key in first_seen and self._old_enough(first_seen[key], now)
             if eligible:
                 link_path = paths.manifest_revision_link(repo, digest)
                 try:
@@ -464,16 +469,37 @@ class Sweeper:
                 except StorageDriverError as exc:  # one object, not the run
                     eligible = False
                     report.error("stat-failed", f"cannot stat {link_path}: {exc}", link_path)
-            if mark.blob_deletion_blocked:
-                eligible = False
+            decided.append((repo, digest, eligible))
+        # A deferred index keeps its children whole, their revisions too: a child
+        # deleted under a young index would break what the grace is there to keep.
+        deferred = [digest for _, digest, eligible in decided if not eligible]
+        kept = mark.closure(deferred) if deferred else set()
+        doomed: list[Doomed] = []
+        for repo, digest, eligible in decided:
+            eligible = eligible and digest not in kept
             action = WOULD_DELETE if eligible else DEFERRED
             report.manifests.append({"repository": repo, "digest": str(digest), "action": action})
             if eligible:
                 doomed.append(Doomed("manifest", digest, repo, 0))
-            else:
-                deferred.append(digest)
-        kept = mark.closure(deferred) if deferred else set()
         return doomed, kept
+
+    def _observe(
+        self,
+        report: Report,
+        mark: scan.MarkResult,
+        kind: str,
+        observed: list[tuple[str, str | None, int | None]],
+        now: datetime,
+    ) -> dict[str, datetime]:
+        """Record this run's candidates of `kind` and forget the others: when each
+        was first seen unreferenced. Not from a blocked mark: what it calls
+        unreferenced includes what the manifests it could not read reference, and a
+        grace counted from it would run while they were still needed (none is due)."""
+        if mark.blob_deletion_blocked:
+            return {}
+        first_seen = self.index.observe_unreferenced(report.run_id, kind, observed, now)
+        self.index.forget_absent(kind, report.run_id)
+        return first_seen
 
     def _decide_blobs(
         self, report: Report, mark: scan.MarkResult, kept: set[Digest], now: datetime
@@ -492,8 +518,7 @@ class Sweeper:
         infos = self._stat_blobs(unsized, mark.layer_links if links else {}, report)
         sizes.update((keys[d], size) for d, (size, _old) in infos.items())
         observed = [(key, None, sizes[key]) for key in keys.values() if key in sizes]
-        first_seen = self.index.observe_unreferenced(report.run_id, "blob", observed, now)
-        self.index.forget_absent("blob", report.run_id)
+        first_seen = self._observe(report, mark, "blob", observed, now)
         if mark.blob_deletion_blocked:
             report.blob_deletion_blocked = True
             report.warnings.append(
@@ -785,16 +810,17 @@ class Sweeper:
         except StorageDriverError as exc:
             report.error(
                 "restore-failed",
-                f"{exc}; left in quarantine, the next run puts it back",
+                f"{exc}{_LEFT_IN_QUARANTINE}",
                 quarantine.location(unit),
             )
             return False
         return True
 
     def _close(self, quarantine: Quarantine, report: Report) -> None:
-        """Remove this run's quarantine folder, unless something that must go back
-        is still in it (a failed restore): the next run restores that."""
-        if any(e["kind"] == "restore-failed" for e in report.errors):
+        """Remove this run's quarantine folder, unless something is still in it that
+        a restore or a delete failed on (reported "failed"): the next run restores
+        that, so the report, the index and the audit log stay true."""
+        if any(e["kind"] in ("restore-failed", "delete-failed") for e in report.errors):
             return
         try:
             quarantine.close()
@@ -838,7 +864,7 @@ class Sweeper:
                 crash_point("purge")
             except StorageDriverError as exc:
                 actions[(item.kind, item.key)] = FAILED
-                report.error("delete-failed", str(exc), item.units[0])
+                report.error("delete-failed", f"{exc}{_LEFT_IN_QUARANTINE}", item.units[0])
 
         def purge_batched(items: list[Doomed]) -> None:
             """Links of all, then their primary folders, in DeleteObjects batches."""
@@ -853,7 +879,11 @@ class Sweeper:
             except StorageDriverError as exc:
                 for d in items:
                     actions[(d.kind, d.key)] = FAILED
-                report.error("delete-failed", f"{exc} ({len(items)} objects)", quarantine.root)
+                report.error(
+                    "delete-failed",
+                    f"{exc} ({len(items)} objects){_LEFT_IN_QUARANTINE}",
+                    quarantine.root,
+                )
                 return
             for d in items:
                 actions[(d.kind, d.key)] = DELETED
@@ -903,8 +933,11 @@ class Sweeper:
         """Delete the layer links to a going blob that were written during the protocol
         (by uploads that found it still there: dangling once it goes), unless the blob
         was uploaded again meanwhile. Then a link may be that upload's, and a manifest
-        pushed right after the re-check needs it: every deleted one is written back. The
-        check comes after the deletes, so an upload landing in between is covered too."""
+        pushed right after the re-check needs it. So the links are left alone when
+        the blob is back before the deletes (a crash then cannot lose them), and
+        written back when it is back after them (an upload landing in between)."""
+        if self.driver.exists(paths.blob_data(digest)):
+            return
         dropped = []
         for repo in repositories:
             try:
@@ -919,6 +952,9 @@ class Sweeper:
     def _reference_cache(self) -> Any:
         factory = getattr(self.index, "reference_cache", None)
         return factory() if factory is not None else None
+
+
+_LEFT_IN_QUARANTINE = "; left in quarantine, the next run puts it back"
 
 
 class HookFailed(Exception):
