@@ -139,6 +139,47 @@ def test_unknown_media_type_counts_every_descriptor_and_digest_anywhere() -> Non
     assert refs.subject == dg(5)
 
 
+def test_unknown_media_type_counts_a_digest_that_is_a_key() -> None:
+    doc = {"mediaType": "application/vnd.example+json", "byDigest": {str(dg(1)): {"n": 1}}}
+    assert references(enc(doc)).blobs == (dg(1),)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        # The Go registry reads each of these keys as the field it folds to.
+        {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+         "Layers": [desc(dg(2))]},
+        {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+         "layers": [], "LAYERS": [desc(dg(2))]},
+        {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+         "layer\u017f": [desc(dg(2))]},  # the long s folds to s, as in Go
+        {"schemaVersion": 2, "MediaType": mt.OCI_INDEX, "manifests": [desc(dg(1))]},
+        {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+         "layers": [{**desc(dg(2)), "Digest": str(dg(3))}]},
+        {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+         "layers": [], "Subject": desc(dg(4))},
+        {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+         "layers": [], "subject": {**desc(dg(4)), "DIGEST": str(dg(5))}},
+        {"mediaType": mt.OCI_ARTIFACT, "Blobs": [desc(dg(2))]},
+        {"schemaVersion": 1, "mediaType": mt.DOCKER_SCHEMA1_SIGNED,
+         "fsLayers": [{"blobSum": str(dg(2)), "BlobSum": str(dg(3))}]},
+    ],
+    ids=["Layers", "both", "long-s", "MediaType", "Digest", "Subject", "subject-DIGEST",
+         "Blobs", "BlobSum"],
+)  # fmt: skip
+def test_a_key_go_reads_as_a_field_in_another_case_is_refused(doc: dict[str, object]) -> None:
+    with pytest.raises(InvalidManifest, match="which the Go registry reads as"):
+        references(enc(doc))
+
+
+def test_keys_in_another_case_where_no_field_is_read_are_fine() -> None:
+    layer = {**desc(dg(2)), "annotations": {"Layers": "x", "Digest": str(dg(9))}}
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": desc(dg(1)),
+           "layers": [layer], "annotations": {"Config": "y"}}  # fmt: skip
+    assert references(enc(doc)).blobs == (dg(1), dg(2))
+
+
 def test_ambiguous_fields_without_media_type_are_read_as_unknown() -> None:
     doc = {"config": desc(dg(0)), "layers": [desc(dg(1))], "manifests": [desc(dg(2))]}
     refs = references(enc(doc))

@@ -25,7 +25,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from layergc.digest import ALGORITHM_OF_LENGTH, ALGORITHMS, Digest
 from layergc.errors import InvalidManifest
@@ -145,6 +145,8 @@ def references(
     children: dict[str, Digest] = {}
     unknown: list[str] = []
     subject: Digest | None = None
+    if kind != "unknown" and not doc.keys() <= _USUAL_KEYS:
+        _refuse_case_variants(doc, "manifest")
     if kind == "unknown":
         subject = _collect_anywhere(doc, blobs, table, unknown)
     elif kind == "schema1":
@@ -244,6 +246,8 @@ def _collect(
     by_hex = table.by_hex
     for i, item in enumerate(items):
         if type(item) is dict:
+            if not item.keys() <= _USUAL_KEYS:
+                _refuse_case_variants(item, f"{where}[{i}]")
             value = item.get(key)
             if type(value) is str:
                 # Fast path: a digest seen before (layers are shared), or a new
@@ -264,11 +268,41 @@ def _subject(doc: dict[str, Any], table: _Table, unknown: list[str]) -> Digest |
     subject = doc.get("subject")
     if subject is None:
         return None
+    if type(subject) is dict and not subject.keys() <= _USUAL_KEYS:
+        _refuse_case_variants(subject, "subject")
     ref = table.field(subject, "digest", "subject")
     if type(ref) is str:
         unknown.append(ref)
         return None
     return ref  # type: ignore[return-value]
+
+
+# Go's encoding/json matches an object's keys to a struct's fields without regard
+# to case (Unicode simple folding), so the Go registry reads "Layers" as the
+# layers. A key this parser would not read, but Go would read as a field it does
+# (say, "Layers" beside or instead of "layers"), could hide references: such a
+# manifest is refused, which stops blob deletion for the run.
+_READ_FIELDS: Final = (
+    "mediaType", "schemaVersion", "config", "layers", "manifests", "blobs",
+    "subject", "fsLayers", "digest", "blobSum",
+)  # fmt: skip
+_FIELD_OF_FOLDED: Final = {name.casefold(): name for name in _READ_FIELDS}
+# Keys that are no variant of a read field, as most manifests hold only these: a
+# subset check in C spares the Python loop below.
+_USUAL_KEYS: Final = frozenset(
+    (*_READ_FIELDS, "size", "annotations", "platform", "urls", "artifactType", "data",
+     "name", "tag", "architecture", "history", "signatures")
+)  # fmt: skip
+
+
+def _refuse_case_variants(item: dict[str, Any], where: str) -> None:
+    for key in item:
+        name = _FIELD_OF_FOLDED.get(key.casefold()) if type(key) is str else None
+        if name is not None and key != name:
+            raise InvalidManifest(
+                f"{where} has a key {key[:80]!r}, which the Go registry reads as "
+                f"{name!r}: what it references cannot be known"
+            )
 
 
 def _load(content: bytes) -> dict[str, Any]:
@@ -341,12 +375,15 @@ def _collect_anywhere(
 
 
 def _walk(doc: Any) -> Iterator[tuple[str | None, Any]]:
-    """(key, value) of every value in a JSON document, iteratively (no recursion limit)."""
+    """(key, value) of every value in a JSON document, and (None, key) of every
+    object key (a digest may be a key: a map by digest), iteratively (no recursion
+    limit)."""
     stack: list[tuple[str | None, Any]] = [(None, doc)]
     while stack:
         key, value = stack.pop()
         yield key, value
         if isinstance(value, dict):
+            stack.extend((None, k) for k in value)
             stack.extend(value.items())
         elif isinstance(value, list):
             stack.extend((None, item) for item in value)

@@ -304,6 +304,20 @@ def _huge_manifest(tree: Tree) -> Applied:
     return applied
 
 
+def _case_variant_manifest(tree: Tree) -> Applied:
+    """Layers under "Layers": the Go registry reads them as the layers."""
+    config, layer = tree.orphans()[:2]
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": "application/json", "digest": str(config), "size": 1},
+        "Layers": [{"mediaType": "application/octet-stream", "digest": str(layer), "size": 1}],
+    }
+    applied = _manifest(tree, json.dumps(doc).encode(), "case")
+    applied.kept |= tree.blob_and_links(config) | tree.blob_and_links(layer)
+    return applied
+
+
 def _unknown_algorithm_refs(tree: Tree) -> Applied:
     config, layer = tree.orphans()[:2]
     doc = {
@@ -522,6 +536,7 @@ CASES: list[Damage] = [
     Damage("manifest-invalid-json", "unparseable-manifest", _invalid_json, blocks=True),
     Damage("manifest-unknown-media-type", "unknown-media-type", _unknown_media_type),
     Damage("manifest-huge", "unparseable-manifest", _huge_manifest, blocks=True),
+    Damage("manifest-key-case", "unparseable-manifest", _case_variant_manifest, blocks=True),
     Damage("manifest-unknown-algorithm", "unknown-algorithm", _unknown_algorithm_refs),
     Damage(
         "manifest-content-mismatch",
