@@ -216,6 +216,33 @@ def test_unknown_media_type_keeps_every_descriptor(driver: StorageDriver) -> Non
     assert not result.blob_deletion_blocked
 
 
+def test_an_unknown_type_s_child_without_a_revision_is_followed(driver: StorageDriver) -> None:
+    """An index of unknown type names a child manifest whose revision link was deleted:
+    the child is read from the blob store and its blobs kept, as under an OCI index;
+    a layer it names is an ordinary blob (no error)."""
+    t = Tree(driver)
+    config, layer, plain = t.layer("odd/app"), t.layer("odd/app"), t.layer("odd/app")
+    child = t.blob(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": {"digest": str(config), "size": 1, "mediaType": "c"},
+                "layers": [{"digest": str(layer), "size": 1, "mediaType": "l"}],
+            }
+        ).encode()
+    )
+    doc = {
+        "mediaType": "application/vnd.example.index.v1+json",
+        "manifests": [{"digest": str(child)}, {"digest": str(plain)}],
+    }
+    top = t.manifest("odd/app", doc, "v1")
+    result = scan.mark(driver)
+    assert set(result.marked) == {top, child, config, layer, plain}
+    assert not result.unreferenced
+    assert not result.blob_deletion_blocked
+
+
 def test_unknown_algorithm_references_are_reported_not_blocking(driver: StorageDriver) -> None:
     t = Tree(driver)
     config = t.layer("algo/app")

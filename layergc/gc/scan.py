@@ -431,6 +431,8 @@ def gc_paused() -> Iterator[None]:
 LOCAL_DRIVERS = frozenset({"filesystem", "inmemory"})
 # How long a link read empty waits before it is read again (read_link).
 _EMPTY_LINK_RETRY_SECONDS = 0.01
+# What is read of a blob to tell whether it may be a manifest (is_manifest).
+_SNIFF_BYTES = 64
 # Manifests read per batch: bounds memory (content is dropped once parsed).
 _BATCH = 512
 # Below this, a forked child (gc/split.py) costs more than its share saves.
@@ -675,7 +677,7 @@ class _Marker:
         self.load_refs(self.wanted_manifests(repos))
         t = self.timed("manifests", t)
         entries, to_delete, kept = self.keep(repos)
-        marked = _expand(kept, self.refs_for, self.loaded.__contains__, set())
+        marked = _expand(kept, self.refs_for, self.is_manifest, set())
         unreferenced = [self.digest(h) for h in self.blob_hexes if h not in marked]
         self.timed("closure", t)
         return self.result(started_at, repos, entries, to_delete, marked, unreferenced)
@@ -1144,6 +1146,34 @@ class _Marker:
             self.load_refs([hex_])
             outcome = self.loaded[hex_]
         return outcome if isinstance(outcome, ManifestRefs) else None
+
+    def is_manifest(self, hex_: str) -> bool:
+        """Whether a blob a manifest of unknown type references is a manifest, whose
+        references are then followed too: one already read, or a blob that parses as
+        one (an index's child whose revision link was deleted, say). A blob that does
+        not is an ordinary one, not an error: such references are as likely layers."""
+        if hex_ in self.loaded:
+            return True
+        if not self.is_listed(hex_):
+            return False
+        d = self.digest(hex_)
+        path = paths.blob_data(d)
+        try:
+            # A manifest is a JSON object: a layer is told apart by its first bytes.
+            head = self.driver.get_content(path, _SNIFF_BYTES).lstrip()
+            if head and not head.startswith(b"{"):
+                return False
+            content = self.read_bounded(path)
+            if _HASHES[d.algorithm](content).hexdigest() != hex_:
+                return False  # corrupt, or written meanwhile: read as a blob, kept as one
+            refs = manifests.references(content, intern=self.interner)
+        except (PathNotFound, InvalidManifest):
+            return False
+        except Exception as exc:  # unreadable: what it references cannot be known
+            self.error(UNREADABLE, path, None, f"cannot read {d}: {exc}", blocking=True)
+            return False
+        self.loaded[hex_] = refs
+        return True
 
     def is_listed(self, hex_: str) -> bool:
         hexes = self.blob_hexes
