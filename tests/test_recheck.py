@@ -309,3 +309,32 @@ def test_a_deferred_index_keeps_its_children_revisions(
 
     assert actions(report.manifests) == {str(child): "deferred", str(parent): "deferred"}
     assert store.driver.exists(paths.manifest_revision_link("multi", child))
+
+
+class _FailsRevisionPurge(InMemoryDriver):
+    def delete(self, path: str) -> None:
+        if path.startswith("/layergc/quarantine/") and "/_manifests/revisions/" in path:
+            raise StorageDriverError(f"injected: delete {path}")
+        super().delete(path)
+
+
+def test_a_manifest_whose_delete_failed_keeps_its_blobs(index: Any) -> None:
+    """--delete-untagged: a manifest left in quarantine by a failed delete comes back
+    with the next run, so its own blob and what it references must not go meanwhile
+    (a revision without its manifest blob is a broken image)."""
+    store = Store(_FailsRevisionPurge())
+    store.manifest("a", [store.layer("a")], tag="v1")
+    layer = store.layer("a")
+    untagged = store.manifest("a", [layer])
+    options = SweepOptions(delete_untagged=True, grace=timedelta(0), settle=timedelta(0))
+
+    report = sweep(store, index, options)
+
+    assert actions(report.manifests) == {str(untagged): "failed"}
+    assert actions(report.blobs)[str(untagged)] == "kept"
+    assert store.has_blob(untagged) and store.has_blob(layer)
+    store.driver.__class__ = InMemoryDriver  # the storage mends
+    second = sweep(store, index, SweepOptions(grace=timedelta(hours=24), settle=timedelta(0)))
+    assert any("restored" in w for w in second.warnings)
+    assert not [e for e in second.errors if e["kind"] == "missing-manifest-blob"]
+    assert store.driver.exists(paths.manifest_revision_link("a", untagged))

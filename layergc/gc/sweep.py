@@ -695,7 +695,7 @@ class Sweeper:
             raise
         # (4) delete the rest
         with self._timed(report, "delete.finish"):
-            self._finish(report, quarantine, doomed, needed, kept_manifests, remark)
+            self._finish(report, quarantine, doomed, needed, kept_manifests, remark, mark)
 
     def _bulk(self) -> bool:
         """Whether objects move and go in bulk: S3, where the snapshot knows
@@ -835,21 +835,33 @@ class Sweeper:
         needed: set[Digest],
         kept_manifests: set[tuple[str, Digest]],
         remark: scan.MarkResult,
+        mark: scan.MarkResult,
     ) -> None:
         actions: dict[tuple[str, str], str] = {}
         deleted: list[Doomed] = []
         batched: list[Doomed] = []  # purged together, per kind (on S3)
 
+        # What manifests left in quarantine by a failed delete reference: they come
+        # back with the next run, so that stays (blobs are decided after manifests).
+        # The first mark read them; the re-check did not (they were in quarantine).
+        held: set[Digest] = set()
+
+        def failed(item: Doomed) -> None:
+            actions[(item.kind, item.key)] = FAILED
+            if item.kind == "manifest":
+                held.update(mark.closure([item.digest]))
+
         def finish(item: Doomed) -> None:
             restore = (
-                item.digest in needed
+                item.digest in needed or item.digest in held
                 if item.kind == "blob"
                 else (item.repository, item.digest) in kept_manifests or item.digest in needed
             )
             if restore or self.stop.is_set():
-                restored = [self._restore(quarantine, unit, report) for unit in item.units]
-                action = (KEPT if restore else DEFERRED) if all(restored) else FAILED
-                actions[(item.kind, item.key)] = action
+                if all([self._restore(quarantine, unit, report) for unit in item.units]):
+                    actions[(item.kind, item.key)] = KEPT if restore else DEFERRED
+                else:
+                    failed(item)
                 return
             try:
                 if item.kind == "blob":
@@ -863,7 +875,7 @@ class Sweeper:
                 deleted.append(item)
                 crash_point("purge")
             except StorageDriverError as exc:
-                actions[(item.kind, item.key)] = FAILED
+                failed(item)
                 report.error("delete-failed", f"{exc}{_LEFT_IN_QUARANTINE}", item.units[0])
 
         def purge_batched(items: list[Doomed]) -> None:
@@ -878,7 +890,7 @@ class Sweeper:
                     )
             except StorageDriverError as exc:
                 for d in items:
-                    actions[(d.kind, d.key)] = FAILED
+                    failed(d)
                 report.error(
                     "delete-failed",
                     f"{exc} ({len(items)} objects){_LEFT_IN_QUARANTINE}",
@@ -936,7 +948,8 @@ class Sweeper:
         pushed right after the re-check needs it. So the links are left alone when
         the blob is back before the deletes (a crash then cannot lose them), and
         written back when it is back after them (an upload landing in between)."""
-        if self.driver.exists(paths.blob_data(digest)):
+        repositories = list(repositories)
+        if not repositories or self.driver.exists(paths.blob_data(digest)):
             return
         dropped = []
         for repo in repositories:
