@@ -290,48 +290,40 @@ def _unknown_media_type(tree: Tree) -> Applied:
     return applied
 
 
-def _huge_manifest(tree: Tree) -> Applied:
-    layer = tree.orphans()[0]
+def _oci_manifest(tree: Tree, name: str, kept: list[Digest], **fields: object) -> Applied:
+    """A tagged OCI manifest whose config is kept[0], with `fields`; `kept` (blobs
+    of the tree's orphans) must survive with their links."""
     doc = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": "application/json", "digest": str(layer), "size": 1},
-        "layers": [],
-        "annotations": {"padding": "x" * (20 << 20)},
+        "config": {"mediaType": "application/json", "digest": str(kept[0]), "size": 1},
+        **fields,
     }
-    applied = _manifest(tree, json.dumps(doc).encode(), "huge")
-    applied.kept |= tree.blob_and_links(layer)
+    applied = _manifest(tree, json.dumps(doc).encode(), name)
+    for digest in kept:
+        applied.kept |= tree.blob_and_links(digest)
     return applied
+
+
+def _layer(digest: Digest | str) -> dict[str, object]:
+    return {"mediaType": "application/octet-stream", "digest": str(digest), "size": 1}
+
+
+def _huge_manifest(tree: Tree) -> Applied:
+    padding = {"padding": "x" * (20 << 20)}
+    return _oci_manifest(tree, "huge", tree.orphans()[:1], layers=[], annotations=padding)
 
 
 def _case_variant_manifest(tree: Tree) -> Applied:
     """Layers under "Layers": the Go registry reads them as the layers."""
     config, layer = tree.orphans()[:2]
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": "application/json", "digest": str(config), "size": 1},
-        "Layers": [{"mediaType": "application/octet-stream", "digest": str(layer), "size": 1}],
-    }
-    applied = _manifest(tree, json.dumps(doc).encode(), "case")
-    applied.kept |= tree.blob_and_links(config) | tree.blob_and_links(layer)
-    return applied
+    return _oci_manifest(tree, "case", [config, layer], Layers=[_layer(layer)])
 
 
 def _unknown_algorithm_refs(tree: Tree) -> Applied:
     config, layer = tree.orphans()[:2]
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": "application/json", "digest": str(config), "size": 1},
-        "layers": [
-            {"mediaType": "application/octet-stream", "digest": "blake3:" + "ab" * 32, "size": 1},
-            {"mediaType": "application/octet-stream", "digest": str(layer), "size": 1},
-        ],
-    }
-    applied = _manifest(tree, json.dumps(doc).encode(), "blake3")
-    applied.kept |= tree.blob_and_links(config) | tree.blob_and_links(layer)
-    return applied
+    layers = [_layer("blake3:" + "ab" * 32), _layer(layer)]
+    return _oci_manifest(tree, "blake3", [config, layer], layers=layers)
 
 
 def _manifest_content_mismatch(tree: Tree) -> Applied:
