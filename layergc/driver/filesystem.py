@@ -413,15 +413,13 @@ class FilesystemDriver(StorageDriver):
             # less than asked has reached the end (unless the kernel capped the
             # read), so a file that did not grow takes one read; one that grew
             # meanwhile is still read whole (or to the limit).
-            want = st.st_size + 1 if limit is None else min(st.st_size + 1, limit)
+            cap = sys.maxsize if limit is None else limit
+            want = min(st.st_size + 1, cap)
             chunk = os.read(fd, want)
-            if (len(chunk) < want and len(chunk) < _MAX_READ) or len(chunk) == limit:
+            if (len(chunk) < want and len(chunk) < _MAX_READ) or len(chunk) == cap:
                 return chunk
             chunks, got = [chunk], len(chunk)
-            while limit is None or got < limit:
-                chunk = os.read(fd, 1 << 16 if limit is None else min(limit - got, 1 << 16))
-                if not chunk:
-                    break
+            while got < cap and (chunk := os.read(fd, min(cap - got, 1 << 16))):
                 chunks.append(chunk)
                 got += len(chunk)
             return b"".join(chunks)

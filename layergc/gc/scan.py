@@ -574,6 +574,7 @@ class _Marker:
         self.digest = self.interner.digest
         self.blob_hexes: list[str] = []  # sorted, once listed
         self.loaded: dict[str, _Loaded] = {}
+        self.not_manifests: set[str] = set()  # blobs is_manifest read and found none
         self.owner: dict[str, str] = {}  # a repository holding each manifest, for reports
         self.prefetched: dict[str, ManifestRefs] | None = None  # see prefetch
         self.parsed: set[str] = set()  # manifests parse_revisions read in this process
@@ -1118,12 +1119,7 @@ class _Marker:
             )
             return UNPARSEABLE
         try:
-            # An oversize manifest is read only to the limit, so its digest cannot
-            # match: the parser refuses it for its size instead.
-            too_large = len(content) > manifests.MAX_MANIFEST_SIZE
-            if not too_large and _HASHES[d.algorithm](content).hexdigest() != hex_:
-                raise InvalidManifest("its content does not match its digest (corrupt blob)")
-            return manifests.references(content, intern=self.interner)
+            return self.parse(d, content)
         except InvalidManifest as exc:
             self.error(
                 UNPARSEABLE_MANIFEST,
@@ -1133,6 +1129,16 @@ class _Marker:
                 blocking=True,
             )
             return UNPARSEABLE
+
+    def parse(self, d: Digest, content: bytes) -> ManifestRefs:
+        """What manifest blob `d` references; InvalidManifest if its content is not
+        that digest's or cannot be parsed."""
+        # An oversize manifest is read only to the limit, so its digest cannot
+        # match: the parser refuses it for its size instead.
+        too_large = len(content) > manifests.MAX_MANIFEST_SIZE
+        if not too_large and _HASHES[d.algorithm](content).hexdigest() != d.hex:
+            raise InvalidManifest("its content does not match its digest (corrupt blob)")
+        return manifests.references(content, intern=self.interner)
 
     def read_bounded(self, path: str) -> bytes:
         """A manifest's bytes, at most one more than the largest one we parse: a
@@ -1154,8 +1160,9 @@ class _Marker:
         not is an ordinary one, not an error: such references are as likely layers."""
         if hex_ in self.loaded:
             return True
-        if not self.is_listed(hex_):
+        if hex_ in self.not_manifests or not self.is_listed(hex_):
             return False
+        self.not_manifests.add(hex_)  # until it parses: each blob is read once
         d = self.digest(hex_)
         path = paths.blob_data(d)
         try:
@@ -1163,15 +1170,13 @@ class _Marker:
             head = self.driver.get_content(path, _SNIFF_BYTES).lstrip()
             if head and not head.startswith(b"{"):
                 return False
-            content = self.read_bounded(path)
-            if _HASHES[d.algorithm](content).hexdigest() != hex_:
-                return False  # corrupt, or written meanwhile: read as a blob, kept as one
-            refs = manifests.references(content, intern=self.interner)
-        except (PathNotFound, InvalidManifest):
+            refs = self.parse(d, self.read_bounded(path))
+        except (PathNotFound, InvalidManifest):  # corrupt too: read as a blob, kept as one
             return False
         except Exception as exc:  # unreadable: what it references cannot be known
             self.error(UNREADABLE, path, None, f"cannot read {d}: {exc}", blocking=True)
             return False
+        self.not_manifests.discard(hex_)
         self.loaded[hex_] = refs
         return True
 
@@ -1397,5 +1402,7 @@ def _expand(
             marked.update(children)
             stack.extend(children)
         if refs.kind == "unknown":
-            stack.extend(b for b in map(_hex_attr, refs.blobs) if is_manifest(b))
+            stack.extend(
+                b for b in map(_hex_attr, refs.blobs) if b not in expanded and is_manifest(b)
+            )
     return marked

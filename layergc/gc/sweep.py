@@ -459,6 +459,7 @@ class Sweeper:
         decided: list[tuple[str, Digest, bool]] = []
         for repo, digest in candidates:
             key = f"{repo}@{digest}"
+            # (A blocked mark observes nothing: then none is in first_seen, none due.)
             eligible = key in first_seen and self._old_enough(first_seen[key], now)
             if eligible:
                 link_path = paths.manifest_revision_link(repo, digest)
